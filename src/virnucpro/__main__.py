@@ -1,0 +1,3 @@
+from virnucpro.cli import run
+
+run()
