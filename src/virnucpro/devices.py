@@ -1,0 +1,162 @@
+"""Which devices a run uses, in which precision, and how big its batches may be.
+
+Imported by the predict stage only (never by `--help` or `translate`), so torch is
+imported here at the top. The rules are pure functions of plain values (`parse_devices`,
+`dtype_for`, `esm_token_budget_for`) so they are testable without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import torch
+
+from virnucpro.errors import VirnucproError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# DNABERT-S tokens per batch; bf16 halves activation memory, so more fit.
+DNABERT_BUDGET_DEFAULT = 2048
+DNABERT_BUDGET_BF16 = 3072
+# ESM-2 tokens per batch.
+ESM_BUDGET_CPU = 4096
+ESM_BUDGET_MIN = 2048  # the original's batch size (toks_per_batch=2048)
+ESM_BUDGET_MAX = 65536  # beyond this bigger batches stop paying off and padding grows
+ESM_HIDDEN = 2560  # esm2_t36_3B_UR50D
+_GIB = 1 << 30
+
+
+class DeviceError(VirnucproError):
+    """A bad --device / --gpus / --precision value, or one this machine cannot honour."""
+
+
+# ------------------------------------------------------------------ devices
+def parse_devices(device: str, gpus: str | None, n_cuda: int) -> list[str]:
+    """Device names for `--device` and `--gpus` given `n_cuda` visible CUDA devices.
+
+    auto: every visible GPU (or those in `gpus`), else the CPU; cuda: the same but a GPU is
+    required; cuda:N: that one GPU; cpu: the CPU. `gpus` ("0,1") indexes visible devices.
+    """
+    device = device.strip().lower()
+    if device == "cpu":
+        if gpus:
+            raise DeviceError(f"--gpus {gpus} cannot be combined with --device cpu")
+        return ["cpu"]
+    if device.startswith("cuda:"):
+        if gpus:
+            raise DeviceError(f"--gpus {gpus} cannot be combined with --device {device}")
+        return [f"cuda:{_gpu_index(device[5:], n_cuda, f'--device {device}')}"]
+    if device not in ("auto", "cuda"):
+        raise DeviceError(f"--device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    if n_cuda == 0:
+        if device == "cuda" or gpus:
+            what = f"--gpus {gpus}" if gpus else "--device cuda"
+            raise DeviceError(f"{what} asks for a GPU but no CUDA device is visible")
+        return ["cpu"]
+    if not gpus:
+        return [f"cuda:{i}" for i in range(n_cuda)]
+    indexes = [_gpu_index(part, n_cuda, f"--gpus {gpus}") for part in gpus.split(",")]
+    if len(set(indexes)) != len(indexes):
+        raise DeviceError(f"--gpus {gpus} lists a GPU twice")
+    return [f"cuda:{i}" for i in indexes]
+
+
+def _gpu_index(text: str, n_cuda: int, what: str) -> int:
+    text = text.strip()
+    if not text.isdigit():
+        raise DeviceError(f"{what}: {text!r} is not a GPU index")
+    index = int(text)
+    if index >= n_cuda:
+        raise DeviceError(f"{what}: GPU {index} does not exist "
+                          f"({n_cuda} CUDA device{'s' if n_cuda != 1 else ''} visible)")
+    return index
+
+
+def select_devices(device: str = "auto", gpus: str | None = None) -> list[torch.device]:
+    """The devices a run will use (see `parse_devices`); one worker per device."""
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [torch.device(name) for name in parse_devices(device, gpus, n_cuda)]
+
+
+# ------------------------------------------------------------------ precision
+def dtype_for(capability: tuple[int, int] | None, precision: str) -> str:
+    """'fp32', 'bf16' or 'fp16' for a device of this compute capability (None = CPU).
+
+    auto: fp32 on CPU; on CUDA bf16 from capability 8.0 (Ampere) on, else fp16.
+    An explicit choice is honoured as given (bf16 on a CPU is allowed and sometimes faster).
+    """
+    precision = precision.strip().lower()
+    if precision not in PRECISIONS:
+        raise DeviceError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if capability is None:
+        return "fp32"
+    return "bf16" if capability >= (8, 0) else "fp16"
+
+
+def choose_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The torch dtype the models run in on `device` (see `dtype_for`)."""
+    device = torch.device(device)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return _DTYPES[dtype_for(capability, precision)]
+
+
+# ------------------------------------------------------------------ description
+def describe_device(device: torch.device) -> dict[str, Any]:
+    """Name, compute capability and memory (bytes) of a device, for logs and run.json."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        free, total = torch.cuda.mem_get_info(device)
+        return {"device": str(device), "name": props.name,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "total_memory": total, "free_memory": free,
+                "torch": torch.__version__, "cuda": torch.version.cuda}
+    return {"device": str(device), "name": platform.processor() or platform.machine(),
+            "compute_capability": None, "total_memory": _sysconf_bytes("SC_PHYS_PAGES"),
+            "free_memory": _sysconf_bytes("SC_AVPHYS_PAGES"), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": None}
+
+
+def _sysconf_bytes(name: str) -> int | None:
+    try:
+        return os.sysconf(name) * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not available on this OS
+        return None
+
+
+# ------------------------------------------------------------------ batch sizes
+def esm_token_budget_for(free_bytes: int, dtype_bytes: int, n_params: int,
+                         hidden_size: int = ESM_HIDDEN) -> int:
+    """ESM-2 tokens per batch that fit in `free_bytes` of GPU memory.
+
+    Rule: usable = 0.8 * (free - weights - 1 GiB), where weights = n_params * dtype_bytes and
+    1 GiB covers the CUDA context, the cuBLAS workspace and allocator slack; the 0.8 keeps
+    room for fragmentation. In inference only one layer's activations are alive at a time.
+    Per token a layer holds the residual stream, LayerNorm output, q/k/v/attention output
+    (~6 d), the feed-forward input and GELU output (2 x 4d = 8 d) and the next residual:
+    ~16 d values, plus attention scores of heads x length, which for 40 heads and proteins
+    up to 1024 residues is at most another ~16 d. So we budget 32 * d values per token:
+    320 KiB in fp32 and 160 KiB in bf16/fp16 for d = 2560. The result is rounded down to a
+    multiple of 256 and clamped to [ESM_BUDGET_MIN, ESM_BUDGET_MAX].
+    """
+    usable = 0.8 * (free_bytes - n_params * dtype_bytes - _GIB)
+    per_token = 32 * hidden_size * dtype_bytes
+    budget = int(max(usable, 0) // per_token) // 256 * 256
+    return max(ESM_BUDGET_MIN, min(ESM_BUDGET_MAX, budget))
+
+
+def default_esm_token_budget(device: torch.device, dtype: torch.dtype, n_params_esm: int,
+                             hidden_size: int = ESM_HIDDEN) -> int:
+    """ESM-2 tokens per batch: ESM_BUDGET_CPU on a CPU; on CUDA derived from the device's
+    free memory right now (see `esm_token_budget_for` for the rule)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return ESM_BUDGET_CPU
+    free, _total = torch.cuda.mem_get_info(device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return esm_token_budget_for(free, itemsize, n_params_esm, hidden_size)

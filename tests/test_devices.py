@@ -1,0 +1,145 @@
+"""Device choice, precision rules and batch budgets (GPU rules via plain-value functions)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from virnucpro import devices
+from virnucpro.devices import DeviceError, dtype_for, parse_devices
+from virnucpro.errors import VirnucproError
+
+GIB = 1 << 30
+
+
+# ------------------------------------------------------------------ devices
+@pytest.mark.parametrize(("device", "gpus", "n_cuda", "expected"), [
+    ("cpu", None, 0, ["cpu"]),
+    ("cpu", None, 4, ["cpu"]),
+    ("auto", None, 0, ["cpu"]),
+    ("auto", None, 1, ["cuda:0"]),
+    ("auto", None, 3, ["cuda:0", "cuda:1", "cuda:2"]),
+    ("auto", "2,0", 3, ["cuda:2", "cuda:0"]),
+    ("AUTO", " 1 ", 2, ["cuda:1"]),
+    ("cuda", None, 2, ["cuda:0", "cuda:1"]),
+    ("cuda", "1", 2, ["cuda:1"]),
+    ("cuda:1", None, 2, ["cuda:1"]),
+    ("cuda:0", "", 1, ["cuda:0"]),
+])
+def test_parse_devices(device: str, gpus: str | None, n_cuda: int, expected: list[str]) -> None:
+    assert parse_devices(device, gpus, n_cuda) == expected
+
+
+@pytest.mark.parametrize(("device", "gpus", "n_cuda", "message"), [
+    ("gpu", None, 1, "--device 'gpu' is not one of auto, cpu, cuda, cuda:N"),
+    ("cuda:", None, 1, "--device cuda:: '' is not a GPU index"),
+    ("cuda:x", None, 1, "--device cuda:x: 'x' is not a GPU index"),
+    ("cuda:2", None, 2, "--device cuda:2: GPU 2 does not exist (2 CUDA devices visible)"),
+    ("cuda:0", None, 0, "--device cuda:0: GPU 0 does not exist (0 CUDA devices visible)"),
+    ("cuda", None, 0, "--device cuda asks for a GPU but no CUDA device is visible"),
+    ("auto", "0", 0, "--gpus 0 asks for a GPU but no CUDA device is visible"),
+    ("auto", "0,a", 2, "--gpus 0,a: 'a' is not a GPU index"),
+    ("auto", "0,-1", 2, "--gpus 0,-1: '-1' is not a GPU index"),
+    ("auto", "0,3", 2, "--gpus 0,3: GPU 3 does not exist (2 CUDA devices visible)"),
+    ("auto", "1,1", 2, "--gpus 1,1 lists a GPU twice"),
+    ("auto", "0,", 2, "--gpus 0,: '' is not a GPU index"),
+    ("cpu", "0", 2, "--gpus 0 cannot be combined with --device cpu"),
+    ("cuda:1", "0", 2, "--gpus 0 cannot be combined with --device cuda:1"),
+])
+def test_parse_devices_errors_name_the_value(device: str, gpus: str | None, n_cuda: int,
+                                             message: str) -> None:
+    with pytest.raises(DeviceError) as info:
+        parse_devices(device, gpus, n_cuda)
+    assert str(info.value) == message
+    assert isinstance(info.value, VirnucproError)  # the CLI turns it into one line
+
+
+def test_select_devices_cpu() -> None:
+    assert devices.select_devices("cpu") == [torch.device("cpu")]
+    expected = ([torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+                if torch.cuda.is_available() else [torch.device("cpu")])
+    assert devices.select_devices() == expected
+    with pytest.raises(DeviceError, match="'tpu'"):
+        devices.select_devices("tpu")
+
+
+# ------------------------------------------------------------------ precision
+@pytest.mark.parametrize(("capability", "precision", "expected"), [
+    (None, "auto", "fp32"),
+    ((9, 0), "auto", "bf16"),  # H100/H200
+    ((8, 0), "auto", "bf16"),  # A100
+    ((8, 6), "auto", "bf16"),
+    ((7, 5), "auto", "fp16"),  # T4
+    ((7, 0), "auto", "fp16"),  # V100
+    ((6, 1), "auto", "fp16"),
+    (None, "bf16", "bf16"),  # explicit choices are honoured, on a CPU too
+    (None, "fp16", "fp16"),
+    ((9, 0), "fp32", "fp32"),
+    ((7, 0), "bf16", "bf16"),
+    ((8, 0), " FP16 ", "fp16"),
+])
+def test_dtype_for(capability: tuple[int, int] | None, precision: str, expected: str) -> None:
+    assert dtype_for(capability, precision) == expected
+
+
+def test_dtype_for_rejects_unknown_precision() -> None:
+    with pytest.raises(DeviceError) as info:
+        dtype_for(None, "int8")
+    assert str(info.value) == "--precision 'int8' is not one of auto, fp32, bf16, fp16"
+
+
+def test_choose_dtype_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert devices.choose_dtype(cpu, "auto") is torch.float32
+    assert devices.choose_dtype(cpu, "bf16") is torch.bfloat16
+    assert devices.choose_dtype("cpu", "fp16") is torch.float16  # type: ignore[arg-type]
+
+
+def test_describe_cpu() -> None:
+    info = devices.describe_device(torch.device("cpu"))
+    assert set(info) == {"device", "name", "compute_capability", "total_memory", "free_memory",
+                         "threads", "torch", "cuda"}
+    assert (info["device"], info["compute_capability"], info["cuda"]) == ("cpu", None, None)
+    assert info["threads"] == torch.get_num_threads()
+    assert info["torch"] == torch.__version__
+    if info["total_memory"] is not None:
+        assert 0 < info["free_memory"] <= info["total_memory"]
+
+
+# ------------------------------------------------------------------ budgets
+def reference_budget(free: int, itemsize: int, n_params: int, hidden: int = 2560) -> int:
+    """The documented rule, spelled out step by step."""
+    weights = n_params * itemsize
+    usable = (free - weights - GIB) * 8 // 10  # 80 % of what is left after 1 GiB overhead
+    per_token = 32 * hidden * itemsize
+    tokens = max(usable, 0) // per_token
+    tokens -= tokens % 256
+    return min(max(tokens, 2048), 65536)
+
+
+@pytest.mark.parametrize(("free", "itemsize", "n_params", "expected"), [
+    (23 * GIB, 2, 2_838_000_000, 65536),  # a 24 GB card in bf16: 87628 -> the ceiling
+    (15 * GIB, 4, 2_838_000_000, 8960),  # a 16 GB card in fp32: 8985 -> 8960
+    (22 * GIB, 4, 2_838_000_000, 27136),  # a 24 GB card in fp32: 27335 -> 27136
+    (12 * GIB, 4, 2_838_000_000, 2048),  # 1121 tokens -> the floor
+    (139 * GIB, 2, 2_838_000_000, 65536),  # an H200: the ceiling
+    (4 * GIB, 2, 2_838_000_000, 2048),  # does not even hold the weights: the floor
+])
+def test_esm_token_budget(free: int, itemsize: int, n_params: int, expected: int) -> None:
+    assert reference_budget(free, itemsize, n_params) == expected
+    assert devices.esm_token_budget_for(free, itemsize, n_params) == expected
+
+
+def test_esm_token_budget_scales_with_hidden_size() -> None:
+    free, n = 10 * GIB, 8_000_000
+    assert devices.esm_token_budget_for(free, 4, n, hidden_size=320) == \
+        reference_budget(free, 4, n, hidden=320) == 65536
+    assert devices.esm_token_budget_for(free, 4, n, hidden_size=5120) == \
+        reference_budget(free, 4, n, hidden=5120) == 11520
+
+
+def test_default_budgets_on_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert devices.default_esm_token_budget(cpu, torch.float32, 2_838_000_000) == 4096
+    assert devices.default_esm_token_budget(cpu, torch.bfloat16, 10) == 4096
+    assert (devices.DNABERT_BUDGET_DEFAULT, devices.DNABERT_BUDGET_BF16) == (2048, 3072)
