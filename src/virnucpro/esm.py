@@ -1,0 +1,273 @@
+"""ESM-2 protein embeddings via `transformers.EsmModel` (SDPA attention), pooled as VirNucPro does.
+
+Also converts a fair-esm checkpoint (`esm2_*.pt`) into a local Hugging Face model directory,
+reading it with the restricted unpickler of `virnucpro.safeload`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from virnucpro.errors import ModelError
+from virnucpro.safeload import load_pickle
+
+# The original averaged at most this many residues (fair-esm's `truncation_seq_length`).
+POOL_MAX_RESIDUES = 1024
+
+# The ESM-1b/ESM-2 alphabet (fair-esm `Alphabet.from_architecture("ESM-1b")`), in id order.
+ESM_VOCAB = (
+    "<cls>", "<pad>", "<eos>", "<unk>",
+    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W",
+    "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
+)  # fmt: skip
+_PAD_ID = ESM_VOCAB.index("<pad>")
+_MASK_ID = ESM_VOCAB.index("<mask>")
+
+
+@dataclass(frozen=True)
+class EsmInfo:
+    """What `config.json` says about an ESM-2 directory (read without importing torch models)."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    vocab_size: int
+    position_embedding_type: str
+    token_dropout: bool
+
+
+def load_esm_config(model_dir: Path) -> EsmInfo:
+    """Read and check `model_dir/config.json` of an ESM-2 model."""
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read ESM-2 config ({exc})") from None
+    if cfg.get("model_type") != "esm":
+        raise ModelError(f"{path}: model_type is {cfg.get('model_type')!r}, expected 'esm'")
+    try:
+        return EsmInfo(
+            hidden_size=int(cfg["hidden_size"]),
+            num_hidden_layers=int(cfg["num_hidden_layers"]),
+            num_attention_heads=int(cfg["num_attention_heads"]),
+            intermediate_size=int(cfg["intermediate_size"]),
+            vocab_size=int(cfg["vocab_size"]),
+            position_embedding_type=str(cfg.get("position_embedding_type", "absolute")),
+            token_dropout=bool(cfg.get("token_dropout", False)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: incomplete ESM-2 config ({exc})") from None
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars and load reports; we check the report ourselves."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_esm(model_dir: Path, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """Load a local ESM-2 directory as `(EsmModel, EsmTokenizer)`, in eval mode, without pooler."""
+    import transformers
+    from transformers import EsmModel, EsmTokenizer
+
+    model_dir = Path(model_dir)
+    if int(transformers.__version__.split(".")[0]) < 5:
+        # embed_esm hands EsmModel a ready 4D SDPA mask, which transformers 5 passes through.
+        raise ModelError(f"ESM-2 needs transformers>=5 (found {transformers.__version__})")
+    load_esm_config(model_dir)  # a clear error before transformers' own
+    try:
+        with _quiet_transformers():
+            # Safe by construction: a local directory only; model code is transformers' own
+            # (never remote code); weights come from model.safetensors, or from a .bin read
+            # through torch's weights-only unpickler when no safetensors file exists.
+            model, report = EsmModel.from_pretrained(
+                model_dir, add_pooling_layer=False, attn_implementation="sdpa", dtype=dtype,
+                local_files_only=True, trust_remote_code=False, weights_only=True,
+                output_loading_info=True)
+            tokenizer = EsmTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{model_dir}: cannot load ESM-2 model ({exc})") from None
+    # contact_head is never used; anything else missing would be silently random.
+    missing = sorted(k for k in report["missing_keys"] if not k.startswith("contact_head."))
+    if missing:
+        raise ModelError(f"{model_dir}: ESM-2 weights missing: {', '.join(missing)}")
+    return model.to(device).eval(), tokenizer
+
+
+def tokenize_protein(tokenizer: Any, proteins: Sequence[str]) -> list[list[int]]:
+    """Token ids `<cls> residues <eos>` per protein, one token per character.
+
+    Same ids as fair-esm's batch converter for amino-acid strings; characters outside the
+    vocabulary become `<unk>`. (Unlike fair-esm, a literal "<mask>" text is not one token:
+    translated proteins never contain "<".)
+    """
+    vocab = tokenizer.get_vocab()
+    cls_id, eos_id, unk_id = tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id
+    return [[cls_id, *(vocab.get(c, unk_id) for c in protein), eos_id] for protein in proteins]
+
+
+def _pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """CPU tensors: ids [B,T], attention mask [B,T], pooling weights [B,T], residue counts [B]."""
+    lengths = [len(ids) for ids in token_ids]
+    if min(lengths) < 3:
+        raise ValueError("every protein needs at least one residue between <cls> and <eos>")
+    width = max(lengths)
+    ids = torch.tensor([[*row, *([pad_id] * (width - len(row)))] for row in token_ids])
+    positions = torch.arange(width)
+    n_res = torch.tensor(lengths) - 2
+    mask = positions[None, :] < torch.tensor(lengths)[:, None]
+    # Quirk of the original (SPEC §4): the whole protein goes through the model, untruncated,
+    # but the mean covers only residues 1..min(len, 1024) (its truncation_seq_length=1024 was
+    # applied when pooling, not when tokenising).
+    counts = n_res.clamp(max=POOL_MAX_RESIDUES)
+    weights = (positions[None, :] >= 1) & (positions[None, :] <= counts[:, None])
+    return ids, mask.long(), weights.float(), counts.float()
+
+
+def embed_esm(model: Any, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Mean last-layer ESM-2 embedding per protein, `[B, hidden]` float32 on the model's device.
+
+    Padding is masked, so a batch gives the same vectors as one protein at a time. Nothing here
+    waits for the device (inputs are built on the host and copied without blocking).
+    """
+    device = next(model.parameters()).device
+    if not token_ids:
+        return torch.empty((0, model.config.hidden_size), device=device)
+    ids, mask, weights, counts = _pad_batch(token_ids, model.config.pad_token_id)
+    if device.type == "cuda":
+        ids, mask, weights, counts = (t.pin_memory() for t in (ids, mask, weights, counts))
+    ids, mask, weights, counts = (t.to(device, non_blocking=True)
+                                  for t in (ids, mask, weights, counts))
+    padded = len({len(row) for row in token_ids}) > 1
+    with torch.inference_mode():
+        hidden = _last_hidden(model, ids, mask if padded else None).float()  # [B, T, H]
+        summed = (hidden * weights.unsqueeze(-1)).sum(dim=1)  # [B, H]; pooled in fp32
+        return summed / counts.unsqueeze(-1)
+
+
+def _last_hidden(model: Any, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`last_hidden_state` [B, T, H]; `mask` [B, T] marks real tokens (None: no padding).
+
+    Given a 2D mask, transformers asks the device whether it is all ones (a host sync) before
+    each forward. We hand it the 4D mask it would build instead, which it passes through as is.
+    """
+    if mask is None:
+        return model(input_ids=ids).last_hidden_state
+    # The embedding layer still sees the 2D mask: it zeroes padding and scales token dropout.
+    embeds = model.embeddings(input_ids=ids, attention_mask=mask)  # [B, T, H]
+    batch, width = mask.shape
+    keys = mask.bool()[:, None, None, :].expand(batch, 1, width, width)  # [B, 1, Tq, Tk]
+    return model(inputs_embeds=embeds, attention_mask=keys).last_hidden_state
+
+
+# ------------------------------------------------------------------ fair-esm conversion
+_FAIR_TO_HF = (
+    (r"embed_tokens\.", "embeddings.word_embeddings."),
+    (r"layers\.(\d+)\.self_attn\.q_proj\.", r"encoder.layer.\1.attention.self.query."),
+    (r"layers\.(\d+)\.self_attn\.k_proj\.", r"encoder.layer.\1.attention.self.key."),
+    (r"layers\.(\d+)\.self_attn\.v_proj\.", r"encoder.layer.\1.attention.self.value."),
+    (r"layers\.(\d+)\.self_attn\.out_proj\.", r"encoder.layer.\1.attention.output.dense."),
+    (r"layers\.(\d+)\.self_attn\.rot_emb\.inv_freq",
+     r"encoder.layer.\1.attention.self.rotary_embeddings.inv_freq"),
+    (r"layers\.(\d+)\.self_attn_layer_norm\.", r"encoder.layer.\1.attention.LayerNorm."),
+    (r"layers\.(\d+)\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
+    (r"layers\.(\d+)\.fc2\.", r"encoder.layer.\1.output.dense."),
+    (r"layers\.(\d+)\.final_layer_norm\.", r"encoder.layer.\1.LayerNorm."),
+    (r"emb_layer_norm_after\.", "encoder.emb_layer_norm_after."),
+    (r"contact_head\.regression\.", "contact_head.regression."),
+)
+_DROPPED = re.compile(r"lm_head\.|.*\.version$")  # the language-model head is not used
+
+
+def _hf_name(fair_name: str) -> str | None:
+    """HF EsmModel key for a fair-esm ESM2 key (None: dropped)."""
+    name = re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", fair_name)
+    for pattern, target in _FAIR_TO_HF:
+        if re.match(pattern, name):
+            return re.sub(pattern, target, name, count=1)
+    return None if _DROPPED.match(name) else ""
+
+
+def _fair_hparams(ckpt: dict, state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """Layer count and width from the weights; heads and token dropout from cfg/args."""
+    cfg = ckpt.get("cfg")
+    source = cfg.get("model") if isinstance(cfg, dict) else None
+    source = source if source is not None else ckpt.get("args")
+    fields = vars(source) if isinstance(source, argparse.Namespace) else dict(source or {})
+    heads = fields.get("encoder_attention_heads", fields.get("attention_heads"))
+    if heads is None:
+        raise ModelError(f"{path}: no encoder_attention_heads in the checkpoint's cfg/args")
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layer\.(\d+)\.", k))}
+    vocab_size, hidden = state["embeddings.word_embeddings.weight"].shape
+    if vocab_size != len(ESM_VOCAB):
+        raise ModelError(f"{path}: {vocab_size} token embeddings, expected {len(ESM_VOCAB)}")
+    return {"num_hidden_layers": len(layers), "hidden_size": int(hidden),
+            "num_attention_heads": int(heads),
+            "token_dropout": bool(fields.get("token_dropout", True))}
+
+
+def _fair_state(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's ESM2 weights under HF EsmModel names."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ModelError(f"{path}: not a fair-esm checkpoint (no 'model' state dict)")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in ckpt["model"].items():
+        name = _hf_name(key)
+        if name == "":
+            raise ModelError(f"{path}: unexpected weight {key!r} (only ESM-2 checkpoints convert)")
+        if name is not None:
+            state[name] = value.detach().contiguous()
+    if "embeddings.word_embeddings.weight" not in state or not any("inv_freq" in k for k in state):
+        raise ModelError(f"{path}: not an ESM-2 checkpoint (no token embeddings or rotary weights)")
+    return state
+
+
+def convert_fair_esm(pt_path: Path, out_dir: Path) -> Path:
+    """Write a fair-esm ESM-2 checkpoint as an HF EsmModel directory (safetensors + vocab)."""
+    from safetensors.torch import save_file
+    from transformers import EsmConfig, EsmTokenizer
+
+    pt_path, out_dir = Path(pt_path), Path(out_dir)
+    ckpt = load_pickle(pt_path, allowed=[(argparse.Namespace, "argparse.Namespace")])
+    state = _fair_state(ckpt, pt_path)
+    hp = _fair_hparams(ckpt, state, pt_path)
+    if "contact_head.regression.weight" not in state:
+        # fair-esm ships the contact head in a separate file; we never use it, and zeros keep
+        # the directory complete so loading it reports no missing weights.
+        width = hp["num_hidden_layers"] * hp["num_attention_heads"]
+        state["contact_head.regression.weight"] = torch.zeros(1, width)
+        state["contact_head.regression.bias"] = torch.zeros(1)
+    config = EsmConfig(
+        vocab_size=len(ESM_VOCAB), pad_token_id=_PAD_ID, mask_token_id=_MASK_ID,
+        intermediate_size=4 * hp["hidden_size"],  # fixed in ESM-2
+        max_position_embeddings=1026, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, position_embedding_type="rotary",
+        emb_layer_norm_before=False, architectures=["EsmModel"], **hp)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.to_json_file(out_dir / "config.json", use_diff=False)
+    save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
+    vocab = out_dir / "vocab.txt"
+    vocab.write_text("\n".join(ESM_VOCAB) + "\n", encoding="utf-8")
+    EsmTokenizer(vocab_file=str(vocab)).save_pretrained(out_dir)
+    return out_dir
