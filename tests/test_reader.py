@@ -1,0 +1,199 @@
+"""Reading FASTA/FASTQ: formats, compression by content, stdin, streaming and every bad input."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from virnucpro.errors import InputError
+from virnucpro.reader import Record, input_stem, read_records
+
+FASTA = b">s1 first record\nACGTN\nacgt\n>s2\n\n>s3\tdesc\nRYKM-U\n"
+EXPECTED = [
+    Record("s1", "s1 first record", "ACGTNacgt", "IN"),
+    Record("s2", "s2", "", "IN"),
+    Record("s3", "s3\tdesc", "RYKM-U", "IN"),
+]
+
+
+def expected(source: str) -> list[Record]:
+    return [Record(r.id, r.header, r.seq, source) for r in EXPECTED]
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def read(paths: list[str]) -> list[Record]:
+    return list(read_records(paths))
+
+
+# ---------------------------------------------------------------------- good inputs
+def test_fasta_plain(tmp_path):
+    path = write(tmp_path, "x.fa", FASTA)
+    assert read([path]) == expected(path)
+
+
+def test_fasta_crlf_blank_lines_and_inner_spaces(tmp_path):
+    data = b"\r\n\r\n>s1 first record\r\nACG TN\r\n\r\nacgt\r\n>s2\r\n>s3\tdesc\r\nRYKM-U"
+    path = write(tmp_path, "x.fa", data)
+    assert read([path]) == expected(path)
+
+
+def test_fasta_records_span_read_blocks(tmp_path):
+    # Records longer than the 1 MiB read block, and a '>' right at a block boundary.
+    first = b">a\n" + b"ACGT" * 300_000 + b"\n"
+    data = first + b">b x\n" + (b"C" * 59 + b"\n") * 20_000 + b">c\n" + b"G" * 10
+    path = write(tmp_path, "big.fasta", data)
+    records = read([path])
+    assert [r.id for r in records] == ["a", "b", "c"]
+    assert records[0].seq == "ACGT" * 300_000
+    assert records[1].seq == "C" * 59 * 20_000
+    assert records[2].seq == "G" * 10
+
+
+@pytest.mark.parametrize("name", ["x.fa", "x.fa.gz", "x.txt", "x.fq"])
+@pytest.mark.parametrize("compress", [None, gzip.compress, bz2.compress, lzma.compress])
+def test_compression_detected_by_content_not_name(tmp_path, name, compress):
+    data = FASTA if compress is None else compress(FASTA)
+    path = write(tmp_path, name, data)
+    assert read([path]) == expected(path)
+
+
+def test_multi_member_gzip(tmp_path):
+    path = write(tmp_path, "x", gzip.compress(FASTA[:30]) + gzip.compress(FASTA[30:]))
+    assert read([path]) == expected(path)
+
+
+def test_fastq_plain_gzip_and_crlf(tmp_path):
+    fastq = (b"@s1 first record\nACGTNacgt\n+\nIIIIIIIII\n@s2\n\n+\n\n"
+             b"@s3\tdesc\nRYKM-U\n+s3\tdesc\n!!!!!!\n")
+    for name, data in [("a.fq", fastq), ("b.fastq.gz", gzip.compress(fastq)),
+                       ("c.fq", fastq.replace(b"\n", b"\r\n"))]:
+        path = write(tmp_path, name, data)
+        assert read([path]) == expected(path)
+
+
+def test_several_files_in_order_and_stdin(tmp_path, monkeypatch):
+    a = write(tmp_path, "a.fa", b">a1\nAC\n>a2\nGT\n")
+    b = write(tmp_path, "b.fq", b"@b1\nTT\n+\nII\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(gzip.compress(b">c1\nGG\n"))))
+    assert [(r.id, r.seq, r.source) for r in read([a, "-", b])] == [
+        ("a1", "AC", a), ("a2", "GT", a), ("c1", "GG", "-"), ("b1", "TT", b)]
+
+
+def test_stdin_without_buffer_attribute(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.BytesIO(b">x\nAC\n"))
+    assert read(["-"]) == [Record("x", "x", "AC", "-")]
+
+
+def test_empty_sequence_is_not_an_error(tmp_path):
+    path = write(tmp_path, "e.fa", b">only\n")
+    assert read([path]) == [Record("only", "only", "", path)]
+
+
+@pytest.mark.parametrize(("path", "stem"), [
+    ("dir/sample.fa", "sample"), ("sample.fasta.gz", "sample"), ("S.FNA", "S"),
+    ("reads.fq.gz", "reads"), ("reads.fastq", "reads"), ("x.tar", "x.tar"),
+    ("my.sample.fa", "my.sample"), ("-", "stdin"), (".fa", ".fa"), ("a.fa.fa", "a.fa"),
+])
+def test_input_stem(path, stem):
+    assert input_stem(path) == stem
+
+
+def test_streaming_memory_does_not_grow_with_input(tmp_path):
+    record = b"ACGT" * 25_000 + b"\n"  # 100 kb per record
+
+    def peak(n: int) -> int:
+        path = write(tmp_path, f"m{n}.fa", b"".join(b">r%d\n" % i + record for i in range(n)))
+        tracemalloc.start()
+        for _ in read_records([path]):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    small, large = peak(10), peak(80)  # 1 MB vs 8 MB of input
+    assert large < small * 1.5 + 200_000, (small, large)
+    assert large < 6_000_000
+
+
+# ----------------------------------------------------------------------- bad inputs
+BAD = [
+    # name, content, substrings the one-line message must hold
+    ("empty.fa", b"", ["empty file"]),
+    ("blank.fa", b"\n \n\r\n", ["empty"]),
+    ("empty.fa.gz", gzip.compress(b""), ["empty"]),
+    ("text.fa", b"hello world\n", ["not a FASTA or FASTQ file"]),
+    ("binary.fa", bytes(range(256)) * 4, ["not a FASTA or FASTQ file", "binary"]),
+    ("trunc.fa.gz", gzip.compress(FASTA * 1000)[:200], ["truncated or corrupt"]),
+    ("protein.fa", b">p1\nACGT\n>p2 a protein\nMKVLAT\nEEQ\n", ["line 4", "'p2'", "'L'"]),
+    ("lower_protein.fa", b">p1\nacgtqq\n", ["line 2", "'p1'", "'q'"]),
+    ("utf8.fa", ">u1\nACGTÄ\n".encode(), ["line 2", "'u1'", "'Ã'"]),
+    ("digits.fa", b">d1\nACGT\nAC1T\n", ["line 3", "'d1'", "'1'"]),
+    ("dup.fa", b">a x\nAC\n>b\nGG\n>a y\nTT\n", ["line 5", "duplicate", "'a'", "line 1"]),
+    ("noheader.fa", b">\nACGT\n", ["line 1", "empty header"]),
+    ("bad.fq", b"@r1\nACGT\n+\nIII\n", ["invalid FASTQ", "line"]),
+    ("trunc.fq", b"@r1\nACGT\n+\nIIII\n@r2\nAC", ["invalid FASTQ"]),
+    ("protein.fq", b"@r1\nACGT\n+\nIIII\n@r2\nMKLE\n+\nIIII\n", ["record 2", "'r2'", "'L'"]),
+    ("dup.fq", b"@r1\nA\n+\nI\n@r1\nC\n+\nI\n", ["record 2", "duplicate", "record 1"]),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "needles"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_messages(tmp_path, name, data, needles):
+    path = write(tmp_path, name, data)
+    with pytest.raises(InputError) as info:
+        read([path])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    for needle in needles:
+        assert needle in message
+
+
+def test_missing_unreadable_and_directory(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read([str(tmp_path / "missing.fa")])
+    with pytest.raises(InputError, match="is a directory"):
+        read([str(tmp_path)])
+    with pytest.raises(InputError, match="no input"):
+        read([])
+    with pytest.raises(InputError, match="stdin"):
+        read(["-", "-"])
+
+
+def test_missing_file_is_reported_before_reading_anything(tmp_path):
+    good = write(tmp_path, "good.fa", b">a\nAC\n")
+    records = read_records([good, str(tmp_path / "missing.fa")])
+    with pytest.raises(InputError, match=r"missing\.fa: no such file"):
+        next(records)
+
+
+def test_duplicate_across_files_names_both(tmp_path):
+    a = write(tmp_path, "a.fa", b">x\nAC\n>shared desc\nGG\n")
+    b = write(tmp_path, "b.fq", b"@y\nA\n+\nI\n@shared\nC\n+\nI\n")
+    with pytest.raises(InputError) as info:
+        read([a, b])
+    assert str(info.value) == (f"{b}: record 2: duplicate record id 'shared' "
+                               f"(first seen in {a}, line 3)")
+
+
+def test_validation_is_fast(tmp_path):
+    # A 20 Mb record is validated without a per-character Python loop.
+    import time
+
+    path = write(tmp_path, "long.fa", b">long\n" + (b"ACGTN" * 12 + b"\n") * 333_334)
+    start = time.perf_counter()
+    (record,) = read([path])
+    assert len(record.seq) == 20_000_040
+    assert time.perf_counter() - start < 2.0
