@@ -3,6 +3,7 @@ so `virnucpro --help` and `virnucpro translate` stay fast and torch-free."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,96 @@ def translate(inputs: tuple[str, ...], output_dir: Path, chunk_size: int, force:
     six-frame translations exactly as the original VirNucPro does."""
     from virnucpro.pipeline import run_translate
 
-    run_translate(list(inputs), output_dir, chunk_size=chunk_size, force=force)
+    summary = run_translate(list(inputs), output_dir, chunk_size=chunk_size, force=force)
+    click.echo(f"virnucpro: {summary.sequences} sequences, {summary.chunks} chunks, "
+               f"{summary.frames} frames kept, {summary.skipped} skipped; "
+               f"outputs in {output_dir}", err=True)
+
+
+# ----------------------------------------------------------------------- predict
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = RichHandler(console=_stderr_console(), show_path=False, show_time=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+
+
+def _stderr_console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for all outputs (created if missing).")
+@click.option("-m", "--model-type", type=click.Choice(["300", "500"]), default="500",
+              show_default=True, help="Published model: sets the chunk size and classifier.")
+@click.option("-p", "--model-path", type=click.Path(path_type=Path), default=None,
+              help="Classifier: an original .pth or a converted/trained directory.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Chunk length in bp [default: the model type].")
+@click.option("--dnabert", metavar="ID_OR_DIR", default="zhihan1996/DNABERT-S", show_default=True,
+              help="DNABERT-S hub id (owner/name[@revision]) or local directory.")
+@click.option("--esm", metavar="ID_OR_DIR", default="facebook/esm2_t36_3B_UR50D",
+              show_default=True, help="ESM-2 hub id (owner/name[@revision]) or local directory.")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where downloaded models live [default: ~/.cache/virnucpro].")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N (auto: every visible GPU, else the CPU).")
+@click.option("--gpus", default=None, metavar="0,1,...", help="CUDA devices to use.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes [default: one per selected GPU, or 1 on CPU].")
+@click.option("--dnabert-batch-size", type=click.IntRange(min=1), default=None, metavar="TOKENS",
+              help="DNABERT-S tokens per batch [default: 2048, or 3072 in bf16].")
+@click.option("--esm-batch-size", type=click.IntRange(min=1), default=None, metavar="TOKENS",
+              help="ESM-2 tokens per batch [default: 4096 on CPU; on a GPU, from its free "
+                   "memory, see the README].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto: fp32 on CPU, bf16 on GPUs with compute "
+                                      "capability >= 8, else fp16.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Sequences with virus_score >= threshold are called virus.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads per worker [default: cores / workers on CPU].")
+@click.option("--unit-frames", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Frames per work unit (the unit of scheduling and resume).")
+@click.option("--resume", is_flag=True,
+              help="Continue an unfinished run (the default when OUTPUT_DIR holds one).")
+@click.option("--force", is_flag=True, help="Replace whatever run OUTPUT_DIR holds.")
+@click.option("--save-embeddings", is_flag=True,
+              help="Also write each frame's [DNABERT-S | ESM-2] features to "
+                   "OUTPUT_DIR/embeddings/.")
+@click.option("--offline", is_flag=True,
+              help="Never download; fail at once if a model is missing (also: HF_HUB_OFFLINE=1).")
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+@click.option("-v", "--verbose", count=True, help="More log messages.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def predict(inputs: tuple[str, ...], output_dir: Path, model_type: str, model_path: Path | None,
+            chunk_size: int | None, dnabert: str, esm: str, models_dir: Path | None, device: str,
+            gpus: str | None, workers: int | None, dnabert_batch_size: int | None,
+            esm_batch_size: int | None, precision: str, threshold: float, threads: int | None,
+            unit_frames: int, resume: bool, force: bool, save_embeddings: bool, offline: bool,
+            no_progress: bool, verbose: int, quiet: bool) -> None:
+    """Score INPUTS (FASTA/FASTQ, plain or gzip, '-' for stdin) and write per-frame,
+    per-chunk and per-sequence verdicts to OUTPUT_DIR."""
+    from virnucpro.predict import PredictConfig, run_predict
+
+    _setup_logging(verbose, quiet)
+    cfg = PredictConfig(
+        inputs=inputs, output_dir=output_dir, model_type=int(model_type), chunk_size=chunk_size,
+        classifier=str(model_path) if model_path else None, dnabert=dnabert, esm=esm,
+        models_dir=models_dir, device=device, gpus=gpus, workers=workers,
+        dnabert_budget=dnabert_batch_size, esm_budget=esm_batch_size, precision=precision,
+        threshold=threshold, threads=threads, unit_frames=unit_frames, resume=resume,
+        force=force, save_embeddings=save_embeddings, offline=_offline(offline),
+        progress=not (no_progress or quiet) and sys.stderr.isatty(),
+        command_line=tuple(["virnucpro", *click.get_current_context().obj["argv"]]))
+    run_predict(cfg)
 
 
 # ------------------------------------------------------------------------ models
@@ -41,12 +131,90 @@ def models() -> None:
     """Download, inspect and convert models."""
 
 
+@models.command("convert-esm")
+@click.argument("pt_file", metavar="FILE.pt", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+def models_convert_esm(pt_file: Path, out_dir: Path) -> None:
+    """Convert a fair-esm ESM-2 checkpoint FILE.pt into a Hugging Face model directory DIR.
+    The file is read without running any code from it."""
+    from virnucpro.esm import convert_fair_esm
+
+    click.echo(f"ESM-2 model written to {convert_fair_esm(pt_file, out_dir)}")
+
+
+@models.command("convert-classifier")
+@click.argument("in_path", metavar="IN.pth", type=click.Path(path_type=Path))
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+def models_convert_classifier(in_path: Path, out: Path) -> None:
+    """Convert a published classifier IN.pth into OUT/ (model.safetensors + classifier.json).
+    The pickle is read without running any code from it."""
+    from virnucpro.classifier import convert_classifier
+
+    click.echo(f"classifier written to {convert_classifier(in_path, out)}")
+
+
+def _offline(flag: bool) -> bool:
+    """--offline, or HF_HUB_OFFLINE set the way huggingface_hub reads it (read here only)."""
+    from virnucpro.hub import env_says_offline
+
+    return flag or env_says_offline(os.environ.get("HF_HUB_OFFLINE"))
+
+
+_MODELS_DIR_HELP = "Where downloaded models and manifest.json live [default: ~/.cache/virnucpro]."
+
+
+@models.command("download")
+@click.option("--model-type", type=click.Choice(["300", "500", "all"]), default="all",
+              show_default=True, help="Which published classifier(s) to fetch.")
+@click.option("--dest", "--models-dir", "dest", type=click.Path(file_okay=False, path_type=Path),
+              help=_MODELS_DIR_HELP)
+def models_download(model_type: str, dest: Path | None) -> None:
+    """Download DNABERT-S, ESM-2 3B and the published classifier(s), and record the revision
+    and sha256 of every file in DEST/manifest.json."""
+    from virnucpro.errors import ModelError
+    from virnucpro.hub import download_models
+
+    if _offline(False):
+        raise ModelError("HF_HUB_OFFLINE is set: unset it to download models")
+    manifest = download_models(model_type, dest, progress=True)
+    click.echo(f"models recorded in {manifest}")
+
+
+@models.command("info")
+@click.option("-m", "--model-type", type=click.Choice(["300", "500"]), default="500",
+              show_default=True, help="Published model: sets the classifier.")
+@click.option("-p", "--model-path", type=click.Path(path_type=Path), default=None,
+              help="Classifier: an original .pth or a converted/trained directory.")
+@click.option("--dnabert", metavar="ID_OR_DIR", default="zhihan1996/DNABERT-S", show_default=True,
+              help="DNABERT-S hub id (owner/name[@revision]) or local directory.")
+@click.option("--esm", metavar="ID_OR_DIR", default="facebook/esm2_t36_3B_UR50D",
+              show_default=True, help="ESM-2 hub id (owner/name[@revision]) or local directory.")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=_MODELS_DIR_HELP)
+@click.option("--offline", is_flag=True, help="A run would not download (also: HF_HUB_OFFLINE=1).")
+@click.option("--verify", is_flag=True, help="Re-hash every file against the manifest.")
+@click.pass_context
+def models_info(ctx: click.Context, model_type: str, model_path: Path | None, dnabert: str,
+                esm: str, models_dir: Path | None, offline: bool, verify: bool) -> None:
+    """Show the models a run would use: paths, revisions, sizes, parameters, dimensions.
+    Never downloads; exits 1 if a run could not load one of them."""
+    from virnucpro import hub
+
+    rows = hub.models_info(dnabert=dnabert, esm=esm, classifier=model_path,
+                           model_type=int(model_type), models_dir=models_dir,
+                           offline=_offline(offline), verify=verify)
+    click.echo(hub.format_models_info(rows))
+    if any(r["status"] in ("missing", "error") for r in rows):
+        ctx.exit(1)
+
+
 # ----------------------------------------------------------------------- entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code; errors become one line on stderr."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rv = cli.main(args=args, prog_name="virnucpro", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="virnucpro", standalone_mode=False,
+                     obj={"argv": args})
     except click.exceptions.Abort:
         click.echo("virnucpro: interrupted", err=True)
         return 130

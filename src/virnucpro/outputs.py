@@ -8,6 +8,8 @@ interrupted run never leaves a partial file behind an expected name.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import json
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,7 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+
 from virnucpro.errors import OutputError
+from virnucpro.frames import SKIP_EMPTY, SKIP_NO_FRAME, Frame, RecordFrames
+from virnucpro.verdicts import (
+    NO_CALL,
+    NOT_VIRUS,
+    VIRUS,
+    call,
+    chunk_score,
+    is_virus_original,
+    sequence_score,
+)
 
 __all__ = [
     "FASTA_WIDTH",
@@ -159,3 +173,167 @@ def atomic_write(path: Path) -> Iterator[TextIO]:
     """Write one file atomically: `with atomic_write(p) as fh: fh.write(...)`."""
     with AtomicWriter() as writer:
         yield writer.open(path)
+
+
+# ------------------------------------------------------------------ predict outputs
+PREDICT_FILES = {
+    "predictions": "prediction_results.txt",
+    "highest": "prediction_results_highestscore.csv",
+    "sequences": "sequences.tsv",
+    "chunks": "chunks.tsv",
+    "viral": "viral.fna",
+    "run": "run.json",
+}
+EMBEDDINGS_DIR = "embeddings"
+PREDICTION_COLUMNS = ("Sequence_ID", "Prediction", "score1", "score2")
+HIGHEST_COLUMNS = ("Modified_ID", "Is_Virus")
+SEQUENCE_COLUMNS = ("seq_id", "length", "n_chunks", "n_chunks_scored", "n_frames",
+                    "virus_score", "prediction", "reason")
+CHUNK_COLUMNS = ("chunk_id", "seq_id", "start", "end", "n_frames", "score", "call")
+_SORT_RUN_ROWS = 500_000  # highest-score rows kept in memory before a sorted run is spilled
+
+
+def predict_paths(out_dir: Path) -> dict[str, Path]:
+    """Every file `predict` writes in `out_dir`, by role."""
+    return {role: Path(out_dir) / name for role, name in PREDICT_FILES.items()}
+
+
+def format_score(x: float) -> str:
+    """A float32 in shortest round-trip form, as the original prints scores (0.12100612)."""
+    return str(np.float32(x))
+
+
+def frame_lines(frames: Sequence[Frame], scores: np.ndarray) -> list[str]:
+    """`prediction_results.txt` rows: the argmax call (ties go to `others`, index 0)."""
+    return [tsv_row((f.id, "virus" if s[1] > s[0] else "others",
+                  format_score(s[0]), format_score(s[1])))
+            for f, s in zip(frames, scores, strict=True)]
+
+
+class PredictWriter:
+    """Writes predict's outputs as unit results arrive, in input order, into temporary files
+    that `finish` moves into place (run.json last, so it marks a complete run)."""
+
+    def __init__(self, out_dir: Path, tmp_dir: Path, threshold: float,
+                 save_embeddings: bool = False) -> None:
+        self.paths = predict_paths(out_dir)
+        self.tmp_dir = Path(tmp_dir)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.threshold = threshold
+        self.save_embeddings = save_embeddings
+        self._fh = {role: (self.tmp_dir / self.paths[role].name).open("w", newline="\n")
+                    for role in ("predictions", "sequences", "chunks", "viral")}
+        self._fh["predictions"].write(tsv_row(PREDICTION_COLUMNS))
+        self._fh["sequences"].write(tsv_row(SEQUENCE_COLUMNS))
+        self._fh["chunks"].write(tsv_row(CHUNK_COLUMNS))
+        self._highest: list[tuple[str, str]] = []
+        self._runs: list[Path] = []
+        self._n_units = 0
+        self.frames_written = 0
+        self._counts = {"sequences": 0, "bases": 0, "chunks": 0, "chunks_scored": 0,
+                        "frames": 0, "predictions": {VIRUS: 0, NOT_VIRUS: 0, NO_CALL: 0}}
+
+    def add(self, records: Sequence[RecordFrames], scores: np.ndarray,
+            features: np.ndarray | None = None) -> None:
+        """Write the rows of consecutive records whose frames have these [n, 2] scores."""
+        pos = 0
+        for rf in records:
+            n = sum(len(f) for f in rf.frames)
+            self._add_record(rf, scores[pos:pos + n])
+            pos += n
+        assert pos == len(scores), "scores do not match the frames of these records"
+        if self.save_embeddings and features is not None and len(features):
+            ids = [f.id for rf in records for fs in rf.frames for f in fs]
+            np.savez(self.tmp_dir / f"{EMBEDDINGS_DIR}_{self._n_units:06d}.npz",
+                     frame_ids=np.array(ids, dtype=str), features=features)
+        self._n_units += 1
+        self.frames_written += pos
+        if len(self._highest) >= _SORT_RUN_ROWS:
+            self._spill()
+
+    def _add_record(self, rf: RecordFrames, scores: np.ndarray) -> None:
+        rec, pos, chunk_scores = rf.record, 0, []
+        frames_out = []
+        for chunk, frames in zip(rf.chunks, rf.frames, strict=True):
+            s = scores[pos:pos + len(frames)]
+            pos += len(frames)
+            score = chunk_score(s) if len(frames) else None
+            chunk_scores.append(score)
+            v = call(score, self.threshold, SKIP_NO_FRAME)
+            self._fh["chunks"].write(tsv_row((chunk.id, rec.id, chunk.start, chunk.end,
+                                           len(frames), _fmt_opt(score), v.call)))
+            if frames:
+                # The original's chunk id is the frame id minus its last two characters.
+                self._highest.append((frames[0].id[:-2], str(is_virus_original(s))))
+                frames_out.extend(frame_lines(frames, s))
+        self._fh["predictions"].writelines(frames_out)
+        seq_score = sequence_score(chunk_scores)
+        v = call(seq_score, self.threshold, SKIP_EMPTY if not rec.seq else SKIP_NO_FRAME)
+        n_frames = sum(len(f) for f in rf.frames)
+        self._fh["sequences"].write(tsv_row((
+            rec.id, len(rec.seq), len(rf.chunks), sum(s is not None for s in chunk_scores),
+            n_frames, _fmt_opt(seq_score), v.call, v.reason)))
+        if v.call == VIRUS:
+            self._fh["viral"].write(fasta_wrapped(rec.header, rec.seq))
+        c = self._counts
+        c["sequences"] += 1
+        c["bases"] += len(rec.seq)
+        c["chunks"] += len(rf.chunks)
+        c["chunks_scored"] += sum(s is not None for s in chunk_scores)
+        c["frames"] += n_frames
+        c["predictions"][v.call] += 1
+
+    def _spill(self) -> None:
+        path = self.tmp_dir / f"highest_{len(self._runs):06d}.tsv"
+        with path.open("w", newline="\n") as fh:
+            fh.writelines(tsv_row(row) for row in sorted(self._highest))
+        self._runs.append(path)
+        self._highest = []
+
+    def _merge_highest(self) -> Path:
+        """Sort all chunk rows by Modified_ID (as strings, as the original does) without
+        holding them all in memory: sorted runs on disk, merged once."""
+        out = self.tmp_dir / self.paths["highest"].name
+        runs = [open(p) for p in self._runs]  # noqa: SIM115 - closed below
+        try:
+            with out.open("w", newline="\n") as fh:
+                fh.write(tsv_row(HIGHEST_COLUMNS))
+                lines = heapq.merge(*runs, (tsv_row(r) for r in sorted(self._highest)),
+                                    key=lambda line: line.split("\t", 1)[0])
+                fh.writelines(lines)
+        finally:
+            for r in runs:
+                r.close()
+        return out
+
+    def counts(self) -> dict[str, object]:
+        return json.loads(json.dumps(self._counts))
+
+    def finish(self, run_record: dict[str, object]) -> None:
+        """Move every output into place; run.json goes last."""
+        for fh in self._fh.values():
+            fh.close()
+        highest = self._merge_highest()
+        for role in ("predictions", "sequences", "chunks", "viral"):
+            os.replace(self.tmp_dir / self.paths[role].name, self.paths[role])
+        os.replace(highest, self.paths["highest"])
+        if self.save_embeddings:
+            emb_dir = self.paths["run"].parent / EMBEDDINGS_DIR
+            emb_dir.mkdir(exist_ok=True)
+            for p in sorted(self.tmp_dir.glob(f"{EMBEDDINGS_DIR}_*.npz")):
+                os.replace(p, emb_dir / p.name.replace(f"{EMBEDDINGS_DIR}_", "unit_"))
+        write_json(self.paths["run"], run_record)
+
+    def abort(self) -> None:
+        for fh in self._fh.values():
+            fh.close()
+
+
+def _fmt_opt(score: float | None) -> str:
+    return "" if score is None else format_score(score)
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write JSON atomically (indented, keys in insertion order, final newline)."""
+    with atomic_write(path) as fh:
+        fh.write(json.dumps(data, indent=2) + "\n")
