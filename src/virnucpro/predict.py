@@ -1,10 +1,9 @@
 """`virnucpro predict`: records -> frames -> work units -> workers -> ordered writer.
 
-One code path for every device count: a feeder thread chunks and translates ahead of the
-models; one worker per device runs `worker.worker_loop` (in a thread when there is one worker,
-in spawned processes otherwise) and pulls units from a shared queue, so a fast device simply
-takes more units; the main thread writes results in input order. Every finished unit is saved
-under `OUTPUT/.virnucpro/`, so a killed run started again continues where it stopped.
+This module plans a run (models, devices, the fingerprint that says what the run is), owns
+the output directory's state (refuse, resume or start), and hands the units to
+`engine.run_units`, whose results the `outputs.PredictWriter` writes in input order. Every
+finished unit is saved under `OUTPUT/.virnucpro/`, so a killed run started again continues.
 """
 
 from __future__ import annotations
@@ -13,24 +12,20 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import shutil
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from virnucpro import __version__, outputs
-from virnucpro.batching import WorkUnit, iter_units
+from virnucpro.batching import iter_units
+from virnucpro.engine import RunStats, run_units
 from virnucpro.errors import OutputError, VirnucproError
-from virnucpro.frames import RecordFrames, iter_record_frames
+from virnucpro.frames import iter_record_frames
 from virnucpro.reader import read_records
-from virnucpro.worker import UnitResult, WorkerConfig, empty_result, worker_loop
+from virnucpro.worker import WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -176,30 +171,6 @@ STATE_DIR = ".virnucpro"
 STATE_FILE = "state.json"
 
 
-def _unit_path(state: Path, index: int) -> Path:
-    return state / "units" / f"{index:06d}.npz"
-
-
-def _save_unit(state: Path, unit: WorkUnit, result: UnitResult) -> None:
-    arrays: dict[str, np.ndarray] = {"scores": result.scores,
-                                     "frame_ids": np.array(unit.frame_ids, dtype=str)}
-    if result.embeddings is not None:
-        arrays["features"] = result.embeddings
-    path = _unit_path(state, unit.index)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _load_unit(state: Path, unit: WorkUnit) -> UnitResult:
-    with np.load(_unit_path(state, unit.index)) as z:
-        if tuple(z["frame_ids"]) != unit.frame_ids:
-            raise OutputError(f"{_unit_path(state, unit.index)}: saved frames differ from the "
-                              "input; rerun with --force")
-        features = z.get("features")
-        return UnitResult(unit.index, z["scores"], features)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -246,188 +217,6 @@ def prepare_output(cfg: PredictConfig, plan: RunPlan) -> set[int] | None:
     return set()
 
 
-# ------------------------------------------------------------------ workers
-class _Pool:
-    """The workers of a run: one thread for one worker, spawned processes for more.
-
-    Both kinds run `worker_loop` and talk through the same two queues.
-    """
-
-    def __init__(self, configs: tuple[WorkerConfig, ...]) -> None:
-        self.configs = configs
-        if len(configs) == 1:
-            self.tasks: Any = queue.Queue()
-            self.results: Any = queue.Queue()
-            self.handles: list[Any] = [threading.Thread(
-                target=worker_loop, args=(configs[0], self.tasks, self.results), daemon=True)]
-        else:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")  # CUDA cannot be used after fork
-            self.tasks, self.results = ctx.Queue(), ctx.Queue()
-            self.handles = [ctx.Process(target=worker_loop, args=(c, self.tasks, self.results),
-                                        daemon=True) for c in configs]
-        for h in self.handles:
-            h.start()
-
-    def get(self) -> tuple[str, Any]:
-        """The next message from a worker or the feeder; fails if a worker died silently."""
-        while True:
-            try:
-                return self.results.get(timeout=1.0)
-            except queue.Empty:
-                for c, h in zip(self.configs, self.handles, strict=True):
-                    if not h.is_alive() and getattr(h, "exitcode", 0) not in (0, None):
-                        raise VirnucproError(f"the worker on {c.device} died "
-                                             f"(exit code {h.exitcode})") from None
-
-    def close(self) -> None:
-        for _ in self.handles:
-            self.tasks.put(None)
-        for h in self.handles:
-            h.join(timeout=10)
-            if h.is_alive() and hasattr(h, "terminate"):
-                h.terminate()
-
-
-@dataclass
-class _Feed:
-    """What the feeder thread shares with the writer."""
-
-    pending: dict[int, tuple[WorkUnit, list[RecordFrames]]] = field(default_factory=dict)
-    frames_seen: int = 0
-    seconds: float = 0.0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-
-def _feed(units: Iterator[tuple[WorkUnit, list[RecordFrames]]], done: set[int], state: Path,
-          pool: _Pool, slots: threading.Semaphore, feed: _Feed) -> None:
-    """Chunk and translate ahead of the models; send each unit to the workers, or straight
-    to the writer when it has no frames or was finished by an earlier run."""
-    try:
-        n = 0
-        while True:
-            t0 = time.perf_counter()
-            item = next(units, None)
-            feed.seconds += time.perf_counter() - t0
-            if item is None:
-                break
-            while not slots.acquire(timeout=0.5):
-                if feed.stop.is_set():
-                    return
-            unit, records = item
-            feed.pending[unit.index] = (unit, records)
-            feed.frames_seen += unit.n_frames
-            if unit.n_frames == 0:
-                pool.results.put(("result", empty_result(unit)))
-            elif unit.index in done:
-                pool.results.put(("result", _load_unit(state, unit)))
-            else:
-                pool.tasks.put(unit)
-            n += 1
-        pool.results.put(("fed", n))
-    except VirnucproError as exc:
-        pool.results.put(("fatal", exc))
-    except Exception as exc:  # a bug: report it rather than hang the writer
-        pool.results.put(("fatal", VirnucproError(f"reading input failed: {exc!r}")))
-
-
-@dataclass
-class _Stats:
-    seconds: dict[str, float] = field(default_factory=dict)
-    tokens: dict[str, int] = field(default_factory=dict)
-    frames_scored: int = 0
-    frames_per_device: dict[str, int] = field(default_factory=dict)
-
-    def add(self, result: UnitResult, n_frames: int) -> None:
-        for k, v in result.seconds.items():
-            self.seconds[k] = self.seconds.get(k, 0.0) + v
-        for k, v in result.tokens.items():
-            self.tokens[k] = self.tokens.get(k, 0) + v
-        self.frames_scored += n_frames
-        self.frames_per_device[result.worker] = (
-            self.frames_per_device.get(result.worker, 0) + n_frames)
-
-
-def _execute(plan: RunPlan, units: Iterator[tuple[WorkUnit, list[RecordFrames]]],
-             done: set[int], state: Path, writer: outputs.PredictWriter,
-             progress: _Progress) -> tuple[_Stats, _Feed]:
-    pool = _Pool(plan.workers)
-    feed, stats = _Feed(), _Stats()
-    slots = threading.Semaphore(2 * len(plan.workers) + 2)  # units in flight: bounds memory
-    feeder = threading.Thread(target=_feed, args=(units, done, state, pool, slots, feed),
-                              daemon=True)
-    feeder.start()
-    ready: dict[int, UnitResult] = {}
-    next_index, n_units = 0, None
-    try:
-        while n_units is None or next_index < n_units:
-            kind, payload = pool.get()
-            if kind in ("fatal", "error"):
-                raise payload if isinstance(payload, VirnucproError) else VirnucproError(payload)
-            if kind == "ready":
-                log.debug("worker on %s is ready", payload)
-            elif kind == "fed":
-                n_units = payload
-            else:
-                ready[payload.index] = payload
-            while next_index in ready:
-                result = ready.pop(next_index)
-                unit, records = feed.pending.pop(next_index)
-                if result.worker:  # scored in this run, not loaded from an earlier one
-                    _save_unit(state, unit, result)
-                    stats.add(result, unit.n_frames)
-                writer.add(records, result.scores, result.embeddings)
-                slots.release()
-                next_index += 1
-                progress.update(writer.frames_written, feed.frames_seen, n_units is not None,
-                                stats)
-    finally:
-        feed.stop.set()
-        pool.close()
-    return stats, feed
-
-
-# ------------------------------------------------------------------ progress
-class _Progress:
-    """A live line on stderr: frames scored of those read so far, per-device rate, ETA."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.bar = None
-        self.t0 = time.perf_counter()
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(TextColumn("[bold]frames"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.description}"),
-                                console=Console(stderr=True), transient=True)
-            self.task = self.bar.add_task("", total=None)
-            self.bar.start()
-
-    def update(self, done: int, seen: int, all_read: bool, stats: _Stats) -> None:
-        if self.bar is None:
-            return
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        rates = " ".join(f"{dev} {n / elapsed:.0f}/s"
-                         for dev, n in sorted(stats.frames_per_device.items()))
-        more = "" if all_read else " (still reading input)"
-        self.bar.update(self.task, completed=done, total=seen if all_read else None,
-                        description=rates + more)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 # ------------------------------------------------------------------ entry point
 def _log_plan(plan: RunPlan) -> None:
     for d in plan.devices:
@@ -438,9 +227,9 @@ def _log_plan(plan: RunPlan) -> None:
                  "%d threads", w.device, w.dtype, w.dnabert_budget, w.esm_budget, w.threads)
 
 
-def _run_record(cfg: PredictConfig, plan: RunPlan, stats: _Stats, feed: _Feed,
-                counts: dict[str, Any], wall: float) -> dict[str, Any]:
-    stages: dict[str, Any] = {"read_and_translate": {"seconds": round(feed.seconds, 3)}}
+def _run_record(cfg: PredictConfig, plan: RunPlan, stats: RunStats, counts: dict[str, Any],
+                wall: float) -> dict[str, Any]:
+    stages: dict[str, Any] = {"read_and_translate": {"seconds": round(stats.read_seconds, 3)}}
     for name, secs in stats.seconds.items():
         tok = stats.tokens.get(name)
         stages[name] = {"seconds": round(secs, 3),
@@ -476,15 +265,13 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     units = iter_units(records, cfg.unit_frames)
     writer = outputs.PredictWriter(cfg.output_dir, state / "tmp", cfg.threshold,
                                    cfg.save_embeddings)
-    progress = _Progress(cfg.progress)
     try:
-        stats, feed = _execute(plan, units, done, state, writer, progress)
+        stats = run_units(plan.workers, units, state=state, done=done, progress=cfg.progress,
+                          consume=lambda records, r: writer.add(records, r.scores, r.embeddings))
     except BaseException:
         writer.abort()
         raise
-    finally:
-        progress.close()
-    record = _run_record(cfg, plan, stats, feed, writer.counts(), time.perf_counter() - t0)
+    record = _run_record(cfg, plan, stats, writer.counts(), time.perf_counter() - t0)
     writer.finish(record)
     shutil.rmtree(state, ignore_errors=True)
     log.info("%d sequences: %s; outputs in %s", record["counts"]["sequences"],

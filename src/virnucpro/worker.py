@@ -28,7 +28,7 @@ class WorkerConfig:
 
     dnabert_dir: str
     esm_dir: str
-    classifier_path: str
+    classifier_path: str | None  # None: embed only (training), features are returned
     device: str
     dtype: str  # "float32" | "bfloat16" | "float16"
     dnabert_budget: int
@@ -40,7 +40,7 @@ class WorkerConfig:
 @dataclass(frozen=True)
 class UnitResult:
     index: int
-    scores: np.ndarray  # [n_frames, 2] float32 softmax: (others, virus)
+    scores: np.ndarray  # [n_frames, 2] float32 softmax (others, virus); [n, 0] if embed-only
     embeddings: np.ndarray | None  # [n_frames, dnabert_dim + esm_dim] float32, if asked
     seconds: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
@@ -70,9 +70,11 @@ def load_models(cfg: WorkerConfig) -> Models:
     dtype = getattr(torch, cfg.dtype)
     dnabert = load_dnabert(cfg.dnabert_dir, device=device, dtype=dtype)
     esm, esm_tokenizer = load_esm(cfg.esm_dir, device=device, dtype=dtype)
-    classifier, _ = load_classifier(cfg.classifier_path)
-    # The classifier stays in fp32, as the original ran it.
-    classifier = classifier.to(device=device, dtype=torch.float32).eval()
+    classifier = None
+    if cfg.classifier_path is not None:
+        classifier, _ = load_classifier(cfg.classifier_path)
+        # The classifier stays in fp32, as the original ran it.
+        classifier = classifier.to(device=device, dtype=torch.float32).eval()
     return Models(dnabert, load_dnabert_tokenizer(cfg.dnabert_dir), esm, esm_tokenizer,
                   classifier, device, cfg)
 
@@ -131,7 +133,6 @@ def score_unit(models: Models, unit: WorkUnit) -> UnitResult:
     from virnucpro.esm import embed_esm, tokenize_protein
 
     cfg = models.config
-    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     dna_ids = tokenize_dna(models.dna_tokenizer, unit.nucleotides)
     dna = _embed_rows(lambda b: embed_dnabert(models.dnabert, b), dna_ids,
@@ -143,12 +144,15 @@ def score_unit(models: Models, unit: WorkUnit) -> UnitResult:
     _sync(models.device)
     t2 = time.perf_counter()
     features = torch.cat([dna, prot], dim=1)
-    scores = classify(models.classifier, features)
-    scores_np = scores.cpu().numpy().astype(np.float32, copy=False)
+    if models.classifier is None:
+        scores_np = np.zeros((unit.n_frames, 0), np.float32)
+    else:
+        scores_np = classify(models.classifier, features).cpu().numpy().astype(np.float32)
     t3 = time.perf_counter()
     seconds = {"dnabert": t1 - t0, "esm": t2 - t1, "classifier": t3 - t2}
     tokens = {"dnabert": sum(map(len, dna_ids)), "esm": sum(map(len, prot_ids))}
-    emb = features.cpu().numpy() if cfg.save_embeddings else None
+    keep = cfg.save_embeddings or models.classifier is None
+    emb = features.cpu().numpy() if keep else None
     return UnitResult(unit.index, scores_np, emb, seconds, tokens, str(models.device))
 
 
