@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: demo test lint
 demo: $(VENV)/.installed
-	$(VENV)/bin/virnucpro translate src/virnucpro/data/example.fa -o demo_out --force
-	@echo "demo outputs are in demo_out/"
+	$(VENV)/bin/virnucpro selftest --keep demo_out
+	@echo
+	@echo "The pipeline works. Outputs of the tiny-model run are in demo_out/predict/."
+	@echo "Next, with the real models (about 12 GB, once):"
+	@echo "  $(VENV)/bin/virnucpro models download --model-type 500"
+	@echo "  $(VENV)/bin/virnucpro predict reads.fastq.gz -o results/"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

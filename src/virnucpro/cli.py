@@ -39,6 +39,23 @@ def translate(inputs: tuple[str, ...], output_dir: Path, chunk_size: int, force:
                f"outputs in {output_dir}", err=True)
 
 
+# ---------------------------------------------------------------------- selftest
+@cli.command()
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the tiny models and outputs in this directory.")
+def selftest(keep: Path | None) -> int:
+    """Run the whole pipeline on the bundled example with tiny random models (no download)."""
+    from virnucpro.selftest import run_selftest
+
+    checks = run_selftest(keep, say=lambda m: click.echo(m, err=True))
+    for c in checks:
+        mark = click.style("ok  ", fg="green") if c.ok else click.style("FAIL", fg="red")
+        click.echo(f"{mark} {c.name}" + (f" ({c.detail})" if c.detail else ""))
+    failed = [c for c in checks if not c.ok]
+    click.echo(f"selftest: {len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 # ----------------------------------------------------------------------- predict
 def _setup_logging(verbose: int, quiet: bool) -> None:
     import logging

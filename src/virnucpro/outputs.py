@@ -190,7 +190,7 @@ HIGHEST_COLUMNS = ("Modified_ID", "Is_Virus")
 SEQUENCE_COLUMNS = ("seq_id", "length", "n_chunks", "n_chunks_scored", "n_frames",
                     "virus_score", "prediction", "reason")
 CHUNK_COLUMNS = ("chunk_id", "seq_id", "start", "end", "n_frames", "score", "call")
-_SORT_RUN_ROWS = 500_000  # highest-score rows kept in memory before a sorted run is spilled
+_SORT_RUN_ROWS = 100_000  # highest-score rows kept in memory before a sorted run is spilled
 
 
 def predict_paths(out_dir: Path) -> dict[str, Path]:
