@@ -210,7 +210,7 @@ def test_failed_run_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     assert translate(good, bad, "-o", str(out)) == 1
     assert list(out.iterdir()) == []  # not even temporary files
-    assert "bad.fa: line 4: record 'y'" in capsys.readouterr().err
+    assert "bad.fa: record 2 ('y')" in capsys.readouterr().err
 
 
 def test_atomic_writer(tmp_path):
@@ -254,11 +254,11 @@ CLI_BAD = [
     ("binary.fa", b"\x00\x01\x02\xff" * 64, ["binary file"]),
     ("trunc.fa.gz", fa_gz(SMALL * 500)[:100], ["truncated or corrupt"]),
     ("protein.fa", b">ok\nACGT\n>prot1 kinase\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n",
-     ["line 4", "'prot1'", "'P'"]),
-    ("protein_gz.fa", fa_gz(b">ok\nACGT\n>prot1\nMSTQ\n"), ["line 4", "'prot1'", "'Q'"]),
+     ["record 2 ('prot1')", "'P'"]),
+    ("protein_gz.fa", fa_gz(b">ok\nACGT\n>prot1\nMSTQ\n"), ["record 2 ('prot1')", "'Q'"]),
     ("protein_crlf.fa", b">ok\r\nACGT\r\nAC\r\n>prot1\r\nACGT\r\nMSTQ\r\n",
-     ["line 6", "'prot1'", "'Q'"]),
-    ("dup.fa", b">a\nAC\n>a\nGG\n", ["line 3", "duplicate record id 'a'", "line 1"]),
+     ["record 2 ('prot1')", "'Q'"]),
+    ("dup.fa", b">a\nAC\n>a\nGG\n", ["record 2", "duplicate record id 'a'", "record 1"]),
     ("bad.fastq", b"@r1\nACGT\n+\nII\n", ["invalid FASTQ"]),
     ("protein.fastq", b"@r1\nACGT\n+\nIIII\n@r2\nMQ\n+\nII\n", ["record 2", "'r2'", "'Q'"]),
 ]
@@ -287,7 +287,7 @@ def test_cli_bad_input(tmp_path, capsys, name, data, needles):
 def test_cli_bad_stdin(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b">ok\nAC\n>p\nMKQ\n")))
     rc = translate("-", "-o", str(tmp_path / "out"))
-    check_one_line_error(capsys, rc, "stdin: line 4: record 'p'", "'Q'")
+    check_one_line_error(capsys, rc, "stdin: record 2 ('p')", "'Q'")
 
 
 def test_cli_duplicate_id_across_inputs(tmp_path, capsys):
@@ -295,7 +295,7 @@ def test_cli_duplicate_id_across_inputs(tmp_path, capsys):
     b = write(tmp_path, "b.fq", b"@shared\nA\n+\nI\n")
     rc = translate(a, b, "-o", str(tmp_path / "out"))
     check_one_line_error(capsys, rc, f"{b}: record 1: duplicate record id 'shared'",
-                         f"first seen in {a}, line 3")
+                         f"first seen in {a}, record 2)")
 
 
 def test_cli_same_stem_twice(tmp_path, capsys):

@@ -1,12 +1,14 @@
 """Streaming FASTA/FASTQ reader with validation.
 
-Compression (gzip, bzip2, xz) and format (FASTA or FASTQ) are detected from the content, never
-from the file name. FASTA is parsed here in large blocks (fast, and we know line numbers for
-messages); FASTQ is parsed by dnaio. Only one record (plus one read block) is held at a time.
+Compression (gzip, bzip2, xz, zstd) and format (FASTA or FASTQ) are detected from the content, never
+from the file name: xopen decompresses, dnaio parses, and this module only checks the records.
+Only one record (plus one read block) is held at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
 import lzma
 import os
@@ -16,7 +18,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import dnaio
 import xopen
@@ -28,22 +30,28 @@ __all__ = ["Record", "check_inputs", "input_stem", "read_records"]
 _BLOCK = 1 << 20
 # IUPAC nucleotide codes in either case, plus '-' (gap). Anything else is rejected.
 _VALID = b"ACGTURYSWKMBDHVNacgturyswkmbdhvn-"
-_WHITESPACE = b" \t\r\n\x0b\x0c"
-_BAD_BYTE = re.compile(b"[^" + re.escape(_VALID + _WHITESPACE) + b"]")
-# First bytes of the compressed formats we open (the format named as xopen spells it).
-_MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
-# What the decompressors (gzip, isal, zlib-ng, bz2, lzma) raise on truncated or corrupt data.
-_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error,
-                                                       lzma.LZMAError)
-try:
-    from isal.isal_zlib import error as _IsalError
-
-    _DECOMPRESS_ERRORS += (_IsalError,)
-except ImportError:  # pragma: no cover - isal is an optional accelerator of xopen
-    pass
+_INVALID = re.compile("[^" + re.escape(_VALID.decode()) + "]")
+# dnaio strips line ends but keeps blanks inside FASTA sequence lines; we drop them, as Biopython
+# (the original tool's parser) drops spaces.
+_BLANKS = re.compile(r"[ \t\x0b\x0c]+")
+# What the decompressors xopen may use raise on truncated or corrupt data, besides the
+# standard library's; each is optional (zstd is in the standard library from Python 3.14).
+_OPTIONAL_ERRORS = (("isal.isal_zlib", "error"), ("zlib_ng.zlib_ng", "error"),
+                    ("compression.zstd", "ZstdError"), ("backports.zstd", "ZstdError"))
 _COMPRESSED_SUFFIXES = (".gz", ".bgz", ".bz2", ".xz", ".zst")
 _SEQUENCE_SUFFIXES = (".fasta", ".fas", ".fa", ".fna", ".ffn", ".frn", ".fsa", ".seq",
                       ".fastq", ".fq")
+
+
+def _decompress_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [EOFError, OSError, zlib.error, lzma.LZMAError]
+    for module, name in _OPTIONAL_ERRORS:
+        with contextlib.suppress(ImportError):
+            found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
+
+
+_DECOMPRESS_ERRORS = _decompress_errors()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,15 @@ class Record:
     header: str  # full header line without '>' / '@'
     seq: str  # as in the input (case kept), no whitespace
     source: str  # the path as given ('-' for stdin), for messages
+
+
+class _Fasta(NamedTuple):
+    """What dnaio's FASTA reader builds per record. Its default record class rejects non-ASCII
+    before we could name the record and the character."""
+
+    name: str
+    sequence: str
+    qualities: None
 
 
 def input_stem(path: str) -> str:
@@ -90,54 +107,39 @@ def check_inputs(paths: Sequence[str]) -> None:
 def read_records(paths: Sequence[str]) -> Iterator[Record]:
     """Yield the records of all `paths` in input order; ids must be unique across all."""
     check_inputs(paths)
-    # id -> packed (file number, position) of its first occurrence. This is the one thing that
-    # grows with the input (one small entry per record); it names both places of a duplicate.
+    # id -> (file number, record number) of its first occurrence, packed in one int. This is the
+    # one thing that grows with the input (one small entry per record).
     seen: dict[str, int] = {}
     for file_no, path in enumerate(paths):
-        count = 0
-        for record, where in _read_file(path):
-            place = _pack(file_no, where)
+        number = 0
+        for number, record in enumerate(_read_file(path), 1):
+            place = file_no << 40 | number
             first = seen.setdefault(record.id, place)
             if first != place:
-                first_no, first_where = _unpack(first)
                 raise InputError(
-                    f"{_display(path)}: {_where(where)}: duplicate record id {record.id!r} "
-                    f"(first seen in {_display(paths[first_no])}, {_where(first_where)})"
+                    f"{_display(path)}: record {number}: duplicate record id {record.id!r} "
+                    f"(first seen in {_display(paths[first >> 40])}, "
+                    f"record {first & ((1 << 40) - 1)})"
                 )
-            count += 1
             yield record
-        if count == 0:
+        if number == 0:
             raise InputError(f"{_display(path)}: no sequence records found")
 
 
-# A position is a FASTA line number (> 0) or minus a FASTQ record number (< 0).
-def _where(where: int) -> str:
-    return f"line {where}" if where > 0 else f"record {-where}"
-
-
-def _pack(file_no: int, where: int) -> int:
-    return file_no << 42 | (where + (1 << 41))
-
-
-def _unpack(place: int) -> tuple[int, int]:
-    return place >> 42, (place & ((1 << 42) - 1)) - (1 << 41)
-
-
-def _read_file(source: str) -> Iterator[tuple[Record, int]]:
-    """Open one input, detect compression and format, and yield its records."""
+def _read_file(source: str) -> Iterator[Record]:
+    """Open one input, detect compression and format, and yield its checked records."""
     path = _display(source)
     raw = _open_raw(source)
     try:
-        stream, fmt = _detect(path, raw)
-        parse = _fasta_records if fmt == "fasta" else _fastq_records
-        yield from parse(stream, path, source)
+        stream = io.BufferedReader(xopen.xopen(raw, "rb", threads=0), _BLOCK)
+        fasta = _is_fasta(path, stream)
+        yield from _parse(stream, fasta, path, source)
     except _DECOMPRESS_ERRORS as exc:
         raise InputError(
             f"{path}: cannot read: {_one_line(exc)} (truncated or corrupt file?)"
         ) from None
     finally:
-        if raw is not _stdin():
-            raw.close()
+        raw.close()  # stdin too: '-' is read once, and dnaio's text wrapper closes it anyway
 
 
 def _display(path: str) -> str:
@@ -145,177 +147,70 @@ def _display(path: str) -> str:
     return "stdin" if path == "-" else path
 
 
-def _stdin() -> BinaryIO:
-    return getattr(sys.stdin, "buffer", sys.stdin)
-
-
 def _open_raw(path: str) -> BinaryIO:
     if path == "-":
-        return _stdin()
+        return getattr(sys.stdin, "buffer", sys.stdin)
     try:
-        return open(path, "rb")  # closed by _read_file
+        # Opened by descriptor so that the stream has no file name: xopen then detects the
+        # compression from the magic bytes instead of the extension.
+        return open(os.open(path, os.O_RDONLY), "rb")
     except OSError as exc:
         raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None
 
 
-def _detect(path: str, raw: BinaryIO) -> tuple[BinaryIO, str]:
-    """Return a binary stream of the (decompressed) content and 'fasta' or 'fastq'."""
-    head = _read_up_to(raw, 6)
-    stream: BinaryIO = _Prefixed(head, raw)
-    for magic, fmt in _MAGIC:
-        if head.startswith(magic):
-            stream = xopen.xopen(io.BufferedReader(stream), "rb", format=fmt, threads=0)
-            break
-    else:
-        if not head:
-            raise InputError(f"{path}: empty file")
-    head = b""
-    while not head.strip():
-        block = stream.read(_BLOCK)
-        if not block:
-            raise InputError(f"{path}: empty file (no sequence records)")
-        head += block
+def _is_fasta(path: str, stream: io.BufferedReader) -> bool:
+    """Whether the content is FASTA (True) or FASTQ (False), from its first non-blank byte."""
+    head = stream.peek(1)  # leaves the bytes in the stream
+    while head and not head.strip():
+        stream.read(len(head))  # a whole buffer of blank space: drop it
+        head = stream.peek(1)
     first = head.lstrip()[:1]
-    stream = _Prefixed(head, stream)
-    if first == b">":
-        return stream, "fasta"
-    if first == b"@":
-        return stream, "fastq"
+    if first in (b">", b"@"):
+        return first == b">"
+    if not first:
+        raise InputError(f"{path}: empty file (no sequence records)")
     kind = "binary file" if _looks_binary(head) else f"starts with {first.decode('latin-1')!r}"
     raise InputError(f"{path}: not a FASTA or FASTQ file ({kind})")
 
 
 def _looks_binary(data: bytes) -> bool:
     sample = data[:4096]
-    return b"\x00" in sample or sum(b > 126 or (b < 32 and b not in _WHITESPACE)
+    return b"\x00" in sample or sum(b > 126 or (b < 32 and b not in b"\t\n\r\x0b\x0c")
                                     for b in sample) > len(sample) // 10
 
 
-def _read_up_to(fh: BinaryIO, n: int) -> bytes:
-    """Read n bytes, or fewer at end of file (pipes may return short reads)."""
-    data = b""
-    while len(data) < n:
-        more = fh.read(n - len(data))
-        if not more:
-            break
-        data += more
-    return data
-
-
-class _Prefixed(io.RawIOBase):
-    """A read-only stream that yields `prefix` and then the rest of `fh` (to undo a peek)."""
-
-    def __init__(self, prefix: bytes, fh: BinaryIO) -> None:
-        self._prefix = memoryview(prefix)
-        self._fh = fh
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        return self._fh.readinto(buffer)  # type: ignore[attr-defined]
-
-    def read(self, size: int = -1) -> bytes:
-        if self._prefix:
-            n = len(self._prefix) if size < 0 else min(size, len(self._prefix))
-            data = bytes(self._prefix[:n])
-            self._prefix = self._prefix[n:]
-            return data
-        return self._fh.read(size)
-
-
-def _fasta_records(stream: BinaryIO, path: str, source: str) -> Iterator[tuple[Record, int]]:
-    """Split the stream at lines starting with '>' without a per-line Python loop."""
-    parts: list[bytes] = []  # the record being assembled, which may span blocks
-    line = 1  # line number where the assembled record starts
-    last = b"\n"  # the byte before the current block
-    while block := stream.read(_BLOCK):
-        prev = 0
-        for start in _record_starts(block, last):
-            parts.append(block[prev:start])
-            text = b"".join(parts)
-            if text and not text.isspace():
-                yield _fasta_record(text, path, source, line), line
-            line += text.count(b"\n")
-            parts, prev = [], start
-        parts.append(block[prev:])
-        last = block[-1:]
-    text = b"".join(parts)
-    if text and not text.isspace():
-        yield _fasta_record(text, path, source, line), line
-
-
-def _record_starts(block: bytes, last: bytes) -> list[int]:
-    """Offsets in `block` of each '>' that begins a line."""
-    starts = [0] if (last == b"\n" and block[:1] == b">") else []
-    pos = block.find(b"\n>")
-    while pos >= 0:
-        starts.append(pos + 1)
-        pos = block.find(b"\n>", pos + 1)
-    return starts
-
-
-def _fasta_record(text: bytes, path: str, source: str, line: int) -> Record:
-    """Parse one '>header\\nSEQ...' block; `line` is the header's line number."""
-    if text[:1] != b">":
-        stripped = text.lstrip()
-        line += text[: len(text) - len(stripped)].count(b"\n")
-        text = stripped
-    newline = text.find(b"\n")
-    if newline < 0:
-        newline = len(text)
-    header_bytes = text[1:newline].strip()
+def _parse(stream: BinaryIO, fasta: bool, path: str, source: str) -> Iterator[Record]:
+    """Yield the checked records of a decompressed FASTA or FASTQ stream."""
+    number = 0  # records read so far
     try:
-        header = header_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: line {line}: header is not UTF-8 text (binary file?)") from None
-    words = header.split(maxsplit=1)
-    if not words:
-        raise InputError(f"{path}: line {line}: record with an empty header")
-    body = text[newline + 1:]
-    seq = body.translate(None, _WHITESPACE)
-    if seq.translate(None, _VALID):
-        _raise_bad_character(path, line, words[0], body)
-    return Record(id=words[0], header=header, seq=seq.decode("ascii"), source=source)
-
-
-def _raise_bad_character(path: str, line: int, rid: str, body: bytes) -> None:
-    match = _BAD_BYTE.search(body)
-    assert match is not None
-    line += 1 + body[: match.start()].count(b"\n")
-    char = match.group().decode("latin-1")
-    raise InputError(
-        f"{path}: line {line}: record {rid!r}: invalid character {char!r} "
-        "(not an IUPAC nucleotide code; is this a protein FASTA?)"
-    )
-
-
-def _fastq_records(stream: BinaryIO, path: str, source: str) -> Iterator[tuple[Record, int]]:
-    try:
-        reader = dnaio.FastqReader(io.BufferedReader(stream, _BLOCK), _close_file=False)
+        if fasta:
+            reader = dnaio.FastaReader(stream, sequence_class=_Fasta)
+        else:
+            reader = dnaio.FastqReader(stream, buffer_size=_BLOCK)
         for number, rec in enumerate(reader, 1):
-            yield _fastq_record(rec.name, rec.sequence, path, source, number), -number
-    except dnaio.exceptions.FileFormatError as exc:
-        raise InputError(f"{path}: invalid FASTQ: {_one_line(exc)}") from None
+            yield _record(rec.name, rec.sequence, fasta, source, path, number)
+    except dnaio.exceptions.FileFormatError as exc:  # carries the line number
+        raise InputError(f"{path}: invalid {'FASTA' if fasta else 'FASTQ'} in record "
+                         f"{number + 1} or later: {_one_line(exc)}") from None
+    except UnicodeDecodeError as exc:  # dnaio decodes FASTA as text, a block at a time
+        raise InputError(f"{path}: not UTF-8 text in record {number + 1} or later (byte "
+                         f"0x{exc.object[exc.start]:02x}; binary file?)") from None
 
 
-def _fastq_record(header: str, seq: str, path: str, source: str, number: int) -> Record:
+def _record(header: str, seq: str, fasta: bool, source: str, path: str, number: int) -> Record:
+    """Check record `number` of `path` as parsed by dnaio."""
+    header = header.strip()
     words = header.split(maxsplit=1)
     if not words:
         raise InputError(f"{path}: record {number}: record with an empty header")
-    raw = seq.encode("ascii")  # dnaio guarantees ASCII
-    if raw.translate(None, _VALID):
-        match = _BAD_BYTE.search(raw)
-        char = match.group().decode("latin-1") if match else " "
-        raise InputError(
-            f"{path}: record {number}: record {words[0]!r}: invalid character {char!r} "
-            "(not an IUPAC nucleotide code)"
-        )
+    # Fast path without a per-character Python loop: ASCII and nothing outside the IUPAC codes.
+    if not seq.isascii() or seq.encode("ascii").translate(None, _VALID):
+        if fasta:
+            seq = _BLANKS.sub("", seq)
+        bad = _INVALID.search(seq)
+        if bad:
+            raise InputError(f"{path}: record {number} ({words[0]!r}): invalid character "
+                             f"{bad.group()!r} (not an IUPAC nucleotide code; is this protein?)")
     return Record(id=words[0], header=header, seq=seq, source=source)
 
 
