@@ -39,3 +39,78 @@ def orf_rich_fasta(path: Path, n: int, seed: int = 0, lengths: tuple[int, ...] =
             seq = "".join(rng.choice(sense) for _ in range(length // 3 + 1))[:length]
             fh.write(f">seq{i} synthetic record {i}\n{seq}\n")
     return path
+
+
+def composition_fasta(path: Path, n: int, gc: float, seed: int = 0, prefix: str = "s",
+                      lengths: tuple[int, ...] = (300, 450, 600, 900)) -> Path:
+    """Write `n` records of stop-free codons drawn with a GC bias: each codon is weighted by
+    gc^(G+C) * (1-gc)^(A+T). Two files with different `gc` are a data set that even tiny
+    random embedding models separate (codon usage shows in both the DNA and the protein)."""
+    import random
+
+    rng = random.Random(seed)
+    sense = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
+             if a + b + c not in ("TAA", "TAG", "TGA")]
+    weights = [gc ** sum(x in "GC" for x in c) * (1 - gc) ** sum(x in "AT" for x in c)
+               for c in sense]
+    with path.open("w") as fh:
+        for i in range(n):
+            length = lengths[i % len(lengths)]
+            seq = "".join(rng.choices(sense, weights, k=length // 3 + 1))[:length]
+            fh.write(f">{prefix}{i}\n{seq}\n")
+    return path
+
+
+# A small predict output written by hand (threshold 0.5, chunk size 500), for evaluate and
+# plot tests: every call kind, a chunk without frames, a sequence without any, and one
+# sequence (x1) that the truth does not label. Scores follow verdicts.py: chunk score =
+# (max s2 + min s2) / 2 when s1 = 1 - s2; sequence score = mean of chunk scores.
+PREDICT_FRAMES = [  # (frame id, score2)
+    ("v1_chunk_1F1", "0.9"), ("v1_chunk_1R2", "0.6"), ("v1_chunk_2F1", "0.3"),
+    ("v2_chunk_1F2", "0.2"), ("o1_chunk_1F3", "0.1"), ("o1_chunk_1R1", "0.7"),
+    ("o2_chunk_1F1", "0.55"), ("x1_chunk_1F1", "0.8"),
+]
+PREDICT_CHUNKS = [  # chunk_id, seq_id, start, end, n_frames, score, call
+    ("v1_chunk_1", "v1", 0, 500, 2, "0.75", "virus"),
+    ("v1_chunk_2", "v1", 500, 1000, 1, "0.3", "not_virus"),
+    ("v2_chunk_1", "v2", 0, 400, 1, "0.2", "not_virus"),
+    ("o1_chunk_1", "o1", 0, 500, 2, "0.4", "not_virus"),
+    ("o1_chunk_2", "o1", 200, 700, 0, "", "no_call"),
+    ("o2_chunk_1", "o2", 0, 300, 1, "0.55", "virus"),
+    ("o3_chunk_1", "o3", 0, 200, 0, "", "no_call"),
+    ("x1_chunk_1", "x1", 0, 300, 1, "0.8", "virus"),
+]
+PREDICT_SEQUENCES = [  # seq_id, length, n_chunks, n_chunks_scored, n_frames, score, call, reason
+    ("v1", 1000, 2, 2, 3, "0.525", "virus", ""),
+    ("v2", 400, 1, 1, 1, "0.2", "not_virus", ""),
+    ("o1", 700, 2, 1, 2, "0.4", "not_virus", ""),
+    ("o2", 300, 1, 1, 1, "0.55", "virus", ""),
+    ("o3", 200, 1, 0, 0, "", "no_call", "no_stop_free_frame"),
+    ("x1", 300, 1, 1, 1, "0.8", "virus", ""),
+]
+PREDICT_TRUTH = {"v1": "virus", "v2": "virus", "o1": "other", "o2": "other", "o3": "other",
+                 "ghost": "virus"}  # ghost: labelled, never predicted
+
+
+def write_predict_output(out: Path) -> Path:
+    """Write the hand-made predict output above into `out` (in our real file formats)."""
+    import json
+
+    from virnucpro.outputs import (
+        CHUNK_COLUMNS,
+        PREDICTION_COLUMNS,
+        SEQUENCE_COLUMNS,
+        predict_paths,
+        tsv_row,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = predict_paths(out)
+    frames = [(fid, "virus" if float(s2) > 0.5 else "others", str(round(1 - float(s2), 6)), s2)
+              for fid, s2 in PREDICT_FRAMES]
+    for role, columns, rows in (("predictions", PREDICTION_COLUMNS, frames),
+                                ("chunks", CHUNK_COLUMNS, PREDICT_CHUNKS),
+                                ("sequences", SEQUENCE_COLUMNS, PREDICT_SEQUENCES)):
+        paths[role].write_text(tsv_row(columns) + "".join(tsv_row(r) for r in rows))
+    paths["run"].write_text(json.dumps({"params": {"threshold": 0.5}}))
+    return out

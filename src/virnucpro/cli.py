@@ -73,6 +73,16 @@ def _stderr_console():  # type: ignore[no-untyped-def]
     return Console(stderr=True)
 
 
+def _shard_option(_ctx: click.Context, _param: click.Parameter,
+                  value: str | None) -> tuple[int, int] | None:
+    from virnucpro.shards import parse_shard
+
+    try:
+        return None if value is None else parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -116,6 +126,14 @@ def _stderr_console():  # type: ignore[no-untyped-def]
                    "OUTPUT_DIR/embeddings/.")
 @click.option("--offline", is_flag=True,
               help="Never download; fail at once if a model is missing (also: HF_HUB_OFFLINE=1).")
+@click.option("--shard", metavar="I/N", default=None, callback=_shard_option,
+              help="Score only shard I of N (1 <= I <= N): for job arrays; `virnucpro merge` "
+                   "joins the N output directories.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: workers on this machine; ray: a Ray Data pipeline (needs "
+                   "pip install 'virnucpro[ray]'). Both write the same bytes.")
+@click.option("--ray-address", metavar="auto|HOST:PORT", default=None,
+              help="Ray cluster to join with --engine ray [default: start a local Ray].")
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
 @click.option("-v", "--verbose", count=True, help="More log messages.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
@@ -124,11 +142,14 @@ def predict(inputs: tuple[str, ...], output_dir: Path, model_type: str, model_pa
             gpus: str | None, workers: int | None, dnabert_batch_size: int | None,
             esm_batch_size: int | None, precision: str, threshold: float, threads: int | None,
             unit_frames: int, resume: bool, force: bool, save_embeddings: bool, offline: bool,
+            shard: tuple[int, int] | None, engine: str, ray_address: str | None,
             no_progress: bool, verbose: int, quiet: bool) -> None:
     """Score INPUTS (FASTA/FASTQ, plain or gzip, '-' for stdin) and write per-frame,
     per-chunk and per-sequence verdicts to OUTPUT_DIR."""
     from virnucpro.predict import PredictConfig, run_predict
 
+    if ray_address is not None and engine != "ray":
+        raise click.UsageError("--ray-address needs --engine ray")
     _setup_logging(verbose, quiet)
     cfg = PredictConfig(
         inputs=inputs, output_dir=output_dir, model_type=int(model_type), chunk_size=chunk_size,
@@ -137,9 +158,181 @@ def predict(inputs: tuple[str, ...], output_dir: Path, model_type: str, model_pa
         dnabert_budget=dnabert_batch_size, esm_budget=esm_batch_size, precision=precision,
         threshold=threshold, threads=threads, unit_frames=unit_frames, resume=resume,
         force=force, save_embeddings=save_embeddings, offline=_offline(offline),
-        progress=not (no_progress or quiet) and sys.stderr.isatty(),
+        progress=not (no_progress or quiet) and sys.stderr.isatty(), shard=shard,
+        engine=engine, ray_address=ray_address,
         command_line=tuple(["virnucpro", *click.get_current_context().obj["argv"]]))
     run_predict(cfg)
+
+
+# ------------------------------------------------------------------------- merge
+@cli.command()
+@click.argument("shard_dirs", nargs=-1, required=True, metavar="SHARD_DIR...",
+                type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the merged outputs (created if missing).")
+@click.option("--force", is_flag=True, help="Overwrite outputs OUTPUT_DIR already holds.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def merge(shard_dirs: tuple[Path, ...], output_dir: Path, force: bool, quiet: bool) -> None:
+    """Join the output directories of `predict --shard I/N` (all N shards of one run) into
+    exactly the files one run writes. Reads the original inputs again; runs no model."""
+    from virnucpro.shards import merge_shards
+
+    _setup_logging(0, quiet)
+    merge_shards(shard_dirs, output_dir, force=force,
+                 command_line=("virnucpro", *click.get_current_context().obj["argv"]))
+
+
+# ------------------------------------------------------------------------- train
+@cli.command()
+@click.option("--viral", "viral", multiple=True, required=True, metavar="FASTA",
+              help="Viral sequences (FASTA/FASTQ, plain or gzip); repeat for more files.")
+@click.option("--other", "other", multiple=True, required=True, metavar="FASTA",
+              help="Non-viral sequences (host, bacteria, ...); repeat for more files.")
+@click.option("-o", "--output-dir", "model_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="MODEL_DIR for the classifier (use it with predict -p MODEL_DIR).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Chunk length in bp (predict -p MODEL_DIR then uses the same).")
+@click.option("--cds-proteins", multiple=True, metavar="FAA",
+              help="Keep only frames whose protein lies inside one of these proteins "
+                   "(known CDS translations, as the original's training set); repeatable.")
+@click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Embedding cache, shared between runs [default: MODEL_DIR/features].")
+@click.option("--hidden-dim", type=click.IntRange(min=1), default=512, show_default=True,
+              help="MLP hidden units.")
+@click.option("--batchnorm/--no-batchnorm", default=True, show_default=True,
+              help="BatchNorm after the hidden layer.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5,
+              show_default=True, help="Dropout after the hidden layer.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, show_default=True,
+              help="SGD learning rate.")
+@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="SGD momentum.")
+@click.option("--lr-step", type=click.IntRange(min=1), default=10, show_default=True,
+              help="StepLR: epochs between learning-rate decays.")
+@click.option("--lr-gamma", type=click.FloatRange(0, 1, min_open=True), default=0.85,
+              show_default=True, help="StepLR: decay factor.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Frames per training batch.")
+@click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Early stopping: epochs without a lower validation loss.")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Stop after this many epochs at most.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.1, show_default=True, help="Share of frames held out for validation.")
+@click.option("--split-by", type=click.Choice(["frame", "sequence"]), default="frame",
+              show_default=True, help="Hold out random frames (the original) or whole "
+                                      "sequences (no sequence on both sides).")
+@click.option("--seed", type=int, default=42, show_default=True,
+              help="Seed for class balancing, the split, initialisation and shuffling.")
+@click.option("--dnabert", metavar="ID_OR_DIR", default="zhihan1996/DNABERT-S", show_default=True,
+              help="DNABERT-S hub id (owner/name[@revision]) or local directory.")
+@click.option("--esm", metavar="ID_OR_DIR", default="facebook/esm2_t36_3B_UR50D",
+              show_default=True, help="ESM-2 hub id (owner/name[@revision]) or local directory.")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where downloaded models live [default: ~/.cache/virnucpro].")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N (embedding and training).")
+@click.option("--gpus", default=None, metavar="0,1,...", help="CUDA devices to embed on.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Embedding worker processes [default: one per selected GPU, or 1 on CPU].")
+@click.option("--dnabert-batch-size", type=click.IntRange(min=1), default=None, metavar="TOKENS",
+              help="DNABERT-S tokens per batch (as in predict).")
+@click.option("--esm-batch-size", type=click.IntRange(min=1), default=None, metavar="TOKENS",
+              help="ESM-2 tokens per batch (as in predict).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="Embedding precision (as in predict).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads per worker [default: cores / workers on CPU].")
+@click.option("--unit-frames", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Frames per work unit (the unit of the embedding cache).")
+@click.option("--force", is_flag=True, help="Replace a classifier MODEL_DIR already holds.")
+@click.option("--offline", is_flag=True,
+              help="Never download; fail at once if a model is missing (also: HF_HUB_OFFLINE=1).")
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+@click.option("-v", "--verbose", count=True, help="More log messages.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def train(viral: tuple[str, ...], other: tuple[str, ...], model_dir: Path, chunk_size: int,
+          cds_proteins: tuple[str, ...], features_dir: Path | None, hidden_dim: int,
+          batchnorm: bool, dropout: float, lr: float, momentum: float, lr_step: int,
+          lr_gamma: float, batch_size: int, patience: int, max_epochs: int,
+          val_fraction: float, split_by: str, seed: int, dnabert: str, esm: str,
+          models_dir: Path | None, device: str, gpus: str | None, workers: int | None,
+          dnabert_batch_size: int | None, esm_batch_size: int | None, precision: str,
+          threads: int | None, unit_frames: int, force: bool, offline: bool,
+          no_progress: bool, verbose: int, quiet: bool) -> None:
+    """Train a classifier on --viral and --other sequences, chunked and embedded as predict
+    does; writes MODEL_DIR/model.safetensors, classifier.json and history.tsv."""
+    from virnucpro.train import Recipe, TrainConfig, run_train
+
+    _setup_logging(verbose, quiet)
+    recipe = Recipe(hidden_dim=hidden_dim, batchnorm=batchnorm, dropout=dropout, lr=lr,
+                    momentum=momentum, lr_step=lr_step, lr_gamma=lr_gamma,
+                    batch_size=batch_size, patience=patience, max_epochs=max_epochs,
+                    val_fraction=val_fraction, split_by=split_by, seed=seed)
+    cfg = TrainConfig(
+        viral=viral, other=other, model_dir=model_dir, chunk_size=chunk_size,
+        cds_proteins=cds_proteins, recipe=recipe, features_dir=features_dir, dnabert=dnabert,
+        esm=esm, models_dir=models_dir, device=device, gpus=gpus, workers=workers,
+        dnabert_budget=dnabert_batch_size, esm_budget=esm_batch_size, precision=precision,
+        threads=threads, unit_frames=unit_frames, offline=_offline(offline),
+        progress=not (no_progress or quiet) and sys.stderr.isatty(), force=force,
+        command_line=tuple(["virnucpro", *click.get_current_context().obj["argv"]]))
+    run_train(cfg)
+
+
+# ---------------------------------------------------------------------- evaluate
+@cli.command()
+@click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--truth", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="LABELS.tsv", help="seq_id<TAB>label per line, label virus or other "
+                                         "(header optional).")
+@click.option("--viral", multiple=True, metavar="FASTA",
+              help="Instead of --truth: every record of this file is viral; repeatable.")
+@click.option("--other", multiple=True, metavar="FASTA",
+              help="Instead of --truth: every record of this file is not viral; repeatable.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where metrics.json, roc.png and pr.png go [default: PRED_DIR].")
+def evaluate(pred_dir: Path, truth: Path | None, viral: tuple[str, ...],
+             other: tuple[str, ...], output_dir: Path | None) -> None:
+    """Compare a predict output in PRED_DIR with known labels: accuracy, precision, recall,
+    F1, AUROC, AUPRC and confusion matrix per frame, chunk and sequence."""
+    from virnucpro.errors import InputError
+    from virnucpro.evaluate import labels_from_fasta, read_labels, run_evaluate
+
+    if (truth is None) == (not viral and not other):
+        raise InputError("give either --truth LABELS.tsv or --viral/--other FASTA files")
+    labels = read_labels(truth) if truth else labels_from_fasta(viral, other)
+    source = str(truth) if truth else f"--viral {' '.join(viral)} --other {' '.join(other)}"
+    record = run_evaluate(pred_dir, labels, output_dir, truth_source=source)
+    for level, m in record["levels"].items():
+        fmt = {k: "n/a" if m[k] is None else f"{m[k]:.4f}"
+               for k in ("accuracy", "precision", "recall", "f1", "auroc", "auprc")}
+        click.echo(f"{level:>8}: n={m['n']} accuracy {fmt['accuracy']} precision "
+                   f"{fmt['precision']} recall {fmt['recall']} F1 {fmt['f1']} AUROC "
+                   f"{fmt['auroc']} AUPRC {fmt['auprc']}")
+    click.echo(f"metrics written to {output_dir or pred_dir}", err=True)
+
+
+# -------------------------------------------------------------------------- plot
+@cli.command()
+@click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where the figures go [default: PRED_DIR].")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Score tracks for this many sequences, highest virus_score first.")
+@click.option("--seq-id", "seq_ids", multiple=True, metavar="ID",
+              help="Plot the tracks of these sequences instead; repeatable.")
+@click.option("--html", "html_page", is_flag=True,
+              help="Also write plots.html, one page embedding the figures.")
+def plot(pred_dir: Path, output_dir: Path | None, top: int, seq_ids: tuple[str, ...],
+         html_page: bool) -> None:
+    """Draw a predict output in PRED_DIR: chunk scores along the top sequences
+    (score_tracks.png) and the histogram of sequence scores (score_histogram.png)."""
+    from virnucpro.plot import run_plot
+
+    written = run_plot(pred_dir, output_dir, top=top, seq_ids=seq_ids, html_page=html_page)
+    click.echo(f"wrote {', '.join(str(p) for p in written.values())}", err=True)
 
 
 # ------------------------------------------------------------------------ models

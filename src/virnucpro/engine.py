@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,7 @@ class _Feed:
     """What the feeder thread shares with the writer."""
 
     pending: dict[int, tuple[WorkUnit, Any]] = field(default_factory=dict)
+    order: deque[int] = field(default_factory=deque)  # unit indexes, in the order fed
     frames_seen: int = 0
     seconds: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
@@ -125,6 +127,7 @@ def _feed(units: Iterator[tuple[WorkUnit, Any]], done: set[int], state: Path,
                     return
             unit, records = item
             feed.pending[unit.index] = (unit, records)
+            feed.order.append(unit.index)
             feed.frames_seen += unit.n_frames
             if unit.n_frames == 0:
                 pool.results.put(("result", empty_result(unit)))
@@ -163,7 +166,8 @@ def run_units(workers: tuple[WorkerConfig, ...], units: Iterator[tuple[WorkUnit,
               progress: bool = False) -> RunStats:
     """Score every unit on `workers` and hand each result, in unit order, to `consume`
     together with the payload the unit came with. Units in `done` are loaded from `state`
-    (an earlier run scored them); each newly scored unit is saved there before `consume`."""
+    (an earlier run scored them); each newly scored unit is saved there before `consume`.
+    Unit indexes need not be consecutive (a shard skips the units of other shards)."""
     pool = _Pool(workers)
     feed, stats = _Feed(), RunStats()
     bar = Progress(progress)
@@ -172,9 +176,9 @@ def run_units(workers: tuple[WorkerConfig, ...], units: Iterator[tuple[WorkUnit,
                               daemon=True)
     feeder.start()
     ready: dict[int, UnitResult] = {}
-    next_index, n_units, frames_done = 0, None, 0
+    n_consumed, n_units, frames_done = 0, None, 0
     try:
-        while n_units is None or next_index < n_units:
+        while n_units is None or n_consumed < n_units:
             kind, message = pool.get()
             if kind in ("fatal", "error"):
                 raise message if isinstance(message, VirnucproError) else VirnucproError(message)
@@ -184,15 +188,16 @@ def run_units(workers: tuple[WorkerConfig, ...], units: Iterator[tuple[WorkUnit,
                 n_units = message
             else:
                 ready[message.index] = message
-            while next_index in ready:
-                result = ready.pop(next_index)
-                unit, payload = feed.pending.pop(next_index)
+            while feed.order and feed.order[0] in ready:
+                index = feed.order.popleft()
+                result = ready.pop(index)
+                unit, payload = feed.pending.pop(index)
                 if result.worker:  # scored in this run, not loaded from an earlier one
                     save_unit(state, unit, result)
                     stats.add(result, unit.n_frames)
                 consume(payload, result)
                 slots.release()
-                next_index += 1
+                n_consumed += 1
                 frames_done += unit.n_frames
                 bar.update(frames_done, feed.frames_seen, n_units is not None, stats)
     finally:

@@ -337,3 +337,71 @@ def write_json(path: Path, data: object) -> None:
     """Write JSON atomically (indented, keys in insertion order, final newline)."""
     with atomic_write(path) as fh:
         fh.write(json.dumps(data, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------ train, evaluate and plot
+# `virnucpro train` writes into MODEL_DIR: the classifier (classifier.WEIGHTS_FILE and
+# classifier.INFO_FILE), the per-epoch history, and by default the embedding cache.
+TRAIN_FILES = {"history": "history.tsv"}
+FEATURES_DIR = "features"  # default embedding cache: MODEL_DIR/features/<fingerprint>/
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision",
+                   "val_recall", "val_f1", "val_auroc", "val_auprc", "lr", "seconds")
+# `virnucpro evaluate --truth LABELS.tsv`: seq_id<TAB>label, label virus|other; header optional.
+LABEL_COLUMNS = ("seq_id", "label")
+EVALUATE_FILES = {"metrics": "metrics.json", "roc": "roc.png", "pr": "pr.png"}
+PLOT_FILES = {"tracks": "score_tracks.png", "histogram": "score_histogram.png",
+              "html": "plots.html"}
+
+
+def train_paths(model_dir: Path) -> dict[str, Path]:
+    return {role: Path(model_dir) / name for role, name in TRAIN_FILES.items()}
+
+
+def evaluate_paths(out_dir: Path) -> dict[str, Path]:
+    return {role: Path(out_dir) / name for role, name in EVALUATE_FILES.items()}
+
+
+def plot_paths(out_dir: Path) -> dict[str, Path]:
+    return {role: Path(out_dir) / name for role, name in PLOT_FILES.items()}
+
+
+def format_metric(x: float | None) -> str:
+    """A metric in a TSV cell: 6 significant digits, empty when undefined."""
+    return "" if x is None else f"{x:.6g}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that wants a file name (a figure);
+    renamed to `path` when the block succeeds, deleted when it fails."""
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def read_table(path: Path, columns: Sequence[str]) -> Iterator[list[str]]:
+    """The rows of one of our TSV outputs, after checking its header is `columns`."""
+    from virnucpro.errors import InputError
+
+    try:
+        with Path(path).open(encoding="utf-8", newline="\n") as fh:
+            header = fh.readline().rstrip("\n").split("\t")
+            if tuple(header) != tuple(columns):
+                raise InputError(f"{path}: header is {header}, expected {list(columns)} "
+                                 "(not a virnucpro predict output?)")
+            for number, line in enumerate(fh, 2):
+                row = line.rstrip("\n").split("\t")
+                if len(row) != len(columns):
+                    raise InputError(f"{path}: line {number}: {len(row)} columns, expected "
+                                     f"{len(columns)}")
+                yield row
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (is this a predict output directory?)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read: {exc}") from None

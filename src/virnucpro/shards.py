@@ -1,0 +1,299 @@
+"""Shards: one predict run split over N independent jobs, and `virnucpro merge` to join them.
+
+Every shard builds the same work units from the whole input (reading and translating are
+cheap next to the models) and scores only its own: each unit, in input order, goes to the
+shard with the least work so far. The split therefore depends only on the input and
+`--unit-frames`, and each unit is scored with exactly the batches a single run would use.
+
+A finished shard directory holds predict's usual files for its own records, its scored
+units (`units/NNNNNN.npz`: frame ids, scores and, with --save-embeddings, the features) and
+`shard.json`. `merge` reads the original inputs again and hands every unit, with the scores
+its shard saved, to the same writer a single run uses: the files come out byte-identical to a
+single run's by construction.
+
+`predict` imports this module, so merge imports what it needs from `predict` when it runs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from virnucpro import outputs
+from virnucpro.batching import WorkUnit
+from virnucpro.engine import load_unit, unit_path
+from virnucpro.errors import InputError, OutputError
+from virnucpro.worker import UnitResult, empty_result
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SHARD_FILE = "shard.json"  # written just before run.json; see `write_shard_record`
+UNITS_DIR = "units"  # as engine.unit_path names them, so engine.load_unit reads them here
+SHARD_FORMAT = 1
+
+
+def shard_paths(out_dir: Path) -> dict[str, Path]:
+    """The files a shard writes besides predict's own."""
+    return {"shard": Path(out_dir) / SHARD_FILE, "units": Path(out_dir) / UNITS_DIR}
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 1 <= I <= N; ValueError names the problem."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not I/N (shard I of N, e.g. 3/8)")
+    index, count = int(m[1]), int(m[2])
+    if not 1 <= index <= count:
+        raise ValueError(f"{text!r}: the shard number must be between 1 and {count}")
+    return index, count
+
+
+class Balancer:
+    """Gives each unit, in order, to the shard with the least work so far (the lowest
+    number on ties). Deterministic, and balanced by residues + bases, not by unit count."""
+
+    def __init__(self, count: int) -> None:
+        self._heap = [(0, k) for k in range(1, count + 1)]  # (work so far, shard): a heap
+
+    def assign(self, cost: int) -> int:
+        load, shard = self._heap[0]
+        heapq.heapreplace(self._heap, (load + cost, shard))
+        return shard
+
+
+def select_shard(units: Iterable[tuple[WorkUnit, T]], shard: tuple[int, int],
+                 ) -> Iterator[tuple[WorkUnit, T]]:
+    """The units of shard I of N; the others are read and dropped without scoring."""
+    index, count = shard
+    balancer = Balancer(count)
+    for unit, payload in units:
+        if balancer.assign(unit.cost) == index:
+            yield unit, payload
+
+
+def write_shard_record(out_dir: Path, run_fingerprint: str, shard: tuple[int, int],
+                       units: Sequence[int]) -> None:
+    """shard.json: which run this is a part of, which part, and the units it scored."""
+    outputs.write_json(shard_paths(out_dir)["shard"], {
+        "format": SHARD_FORMAT, "run_fingerprint": run_fingerprint, "shard": shard[0],
+        "shards": shard[1], "units": list(units)})
+
+
+def remove_shard_files(out_dir: Path) -> None:
+    """For --force: what an earlier shard run left in `out_dir`."""
+    paths = shard_paths(out_dir)
+    paths["shard"].unlink(missing_ok=True)
+    shutil.rmtree(paths["units"], ignore_errors=True)
+
+
+# ------------------------------------------------------------------ merge
+@dataclass(frozen=True)
+class Shard:
+    """One finished shard directory, as merge reads it."""
+
+    dir: Path
+    index: int
+    count: int
+    run_fingerprint: str
+    units: tuple[int, ...]
+    run: dict[str, Any]  # its run.json
+
+    @property
+    def name(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+
+
+def read_shard(shard_dir: Path) -> Shard:
+    """A finished shard directory's shard.json and run.json."""
+    shard_dir = Path(shard_dir)
+    if not shard_dir.is_dir():
+        raise InputError(f"{shard_dir}: no such directory")
+    info = _read_json(shard_paths(shard_dir)["shard"])
+    if info is None:
+        raise InputError(f"{shard_dir}: not a shard output (no {SHARD_FILE}); shards come "
+                         "from `virnucpro predict --shard I/N`")
+    run = _read_json(outputs.predict_paths(shard_dir)["run"])
+    if run is None:
+        raise InputError(f"{shard_dir}: shard {info['shard']}/{info['shards']} is unfinished "
+                         "(no run.json); run its predict command again to finish it")
+    if info.get("format") != SHARD_FORMAT:
+        raise InputError(f"{shard_dir}: {SHARD_FILE} has format {info.get('format')!r}, "
+                         f"this virnucpro reads {SHARD_FORMAT}")
+    try:
+        return Shard(shard_dir, int(info["shard"]), int(info["shards"]),
+                     str(info["run_fingerprint"]), tuple(map(int, info["units"])), run)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{shard_dir}: {SHARD_FILE} is malformed ({exc!r})") from None
+
+
+def _difference(a: Shard, b: Shard) -> str:
+    """What makes two shards parts of different runs, in words."""
+    ra, rb = a.run, b.run
+    for key in sorted(set(ra["params"]) | set(rb["params"])):
+        va, vb = ra["params"].get(key), rb["params"].get(key)
+        if va != vb:
+            return f"{key} {va} vs {vb}"
+    if [i["sha256"] for i in ra["inputs"]] != [i["sha256"] for i in rb["inputs"]]:
+        return "other inputs"
+    if {k: m["sha256"] for k, m in ra["models"].items()} != \
+            {k: m["sha256"] for k, m in rb["models"].items()}:
+        return "other models"
+    return "other run fingerprint"
+
+
+def check_complete(shards: Sequence[Shard]) -> list[Shard]:
+    """All N shards of one run, each once; returns them in shard order."""
+    first = shards[0]
+    by_index: dict[int, Shard] = {}
+    for s in shards:
+        if s.count != first.count:
+            raise InputError(f"{first.dir} is shard {first.name} but {s.dir} is shard "
+                             f"{s.name}: they split different runs")
+        if s.run_fingerprint != first.run_fingerprint:
+            raise InputError(f"{first.dir} and {s.dir} are shards of different runs "
+                             f"({_difference(first, s)}); merge the shards of one run")
+        if s.index in by_index:
+            raise InputError(f"shard {s.name} is given twice: {by_index[s.index].dir} and "
+                             f"{s.dir}")
+        by_index[s.index] = s
+    missing = [f"{i}/{first.count}" for i in range(1, first.count + 1) if i not in by_index]
+    if missing:
+        raise InputError(f"missing shard{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)} of the run in {first.dir}; merge needs "
+                         f"all {first.count}")
+    return [by_index[i] for i in sorted(by_index)]
+
+
+def locate_inputs(shards: Sequence[Shard]) -> tuple[str, ...]:
+    """The run's input files: a path one of the shards recorded whose content is unchanged."""
+    from virnucpro.predict import _input_record
+
+    found = []
+    for k, want in enumerate(shards[0].run["inputs"]):
+        tried = dict.fromkeys(s.run["inputs"][k]["path"] for s in shards)
+        for path in tried:
+            if Path(path).is_file() and _input_record(path)["sha256"] == want["sha256"]:
+                found.append(path)
+                break
+        else:
+            raise InputError(f"{', '.join(tried)}: input {k + 1} of the sharded run is missing "
+                             f"or has changed (sha256 {want['sha256'][:12]}...); merge reads "
+                             "the original inputs again")
+    return tuple(found)
+
+
+def _prepare_merge_output(out_dir: Path, state: Path, shards: Sequence[Shard],
+                          force: bool) -> None:
+    """Refuse to merge into a shard, or over outputs or an unfinished run without --force."""
+    out = Path(out_dir).resolve()
+    if any(s.dir.resolve() == out for s in shards):
+        raise OutputError(f"{out_dir}: is one of the shard directories; merge into another")
+    outputs.make_output_dir(out_dir)
+    paths = outputs.predict_paths(out_dir)
+    present = [p.name for p in [*paths.values(), state] if p.exists()]
+    if present and not force:
+        raise OutputError(f"{out_dir}: already holds {', '.join(present)}; use --force to "
+                          "overwrite")
+    for p in paths.values():
+        p.unlink(missing_ok=True)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def _owned_units(shards: Sequence[Shard], stream: Iterable[tuple[WorkUnit, T]],
+                 ) -> Iterator[tuple[Shard, WorkUnit, T]]:
+    """Every unit of the run with the shard that scored it; checks the shards' unit lists
+    against the split recomputed from the inputs."""
+    balancer = Balancer(len(shards))
+    listed = [iter(s.units) for s in shards]
+    for unit, payload in stream:
+        shard = shards[balancer.assign(unit.cost) - 1]
+        if next(listed[shard.index - 1], None) != unit.index:
+            raise InputError(f"{shard.dir}: its units do not match the split of the inputs "
+                             "(made by another virnucpro version?)")
+        yield shard, unit, payload
+    for s, rest in zip(shards, listed, strict=True):
+        if next(rest, None) is not None:
+            raise InputError(f"{s.dir}: lists more units than the inputs have")
+
+
+def _load(shard: Shard, unit: WorkUnit) -> UnitResult:
+    if unit.n_frames == 0:
+        return empty_result(unit)
+    try:
+        return load_unit(shard.dir, unit)
+    except FileNotFoundError:
+        raise InputError(f"{unit_path(shard.dir, unit.index)}: missing; shard {shard.name} "
+                         "is incomplete") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{unit_path(shard.dir, unit.index)}: cannot read ({exc})") from None
+
+
+def _merged_record(shards: Sequence[Shard], inputs: Sequence[str], out_dir: Path,
+                   counts: dict[str, Any], wall: float, command_line: Sequence[str],
+                   ) -> dict[str, Any]:
+    """run.json of the merged directory: the run's fingerprint (what a single run records),
+    and each shard's devices and timing."""
+    base = shards[0].run
+    run_inputs = [{**rec, "path": str(Path(p).resolve())}
+                  for rec, p in zip(base["inputs"], inputs, strict=True)]
+    return {
+        **base, "command_line": list(command_line), "fingerprint": shards[0].run_fingerprint,
+        "config": {**base["config"], "output_dir": str(out_dir), "shard": None},
+        "inputs": run_inputs, "counts": counts,
+        "devices": [d for s in shards for d in s.run["devices"]],
+        "workers": [w for s in shards for w in s.run["workers"]],
+        "timing": {"wall_seconds": round(wall, 3), "shards": [
+            {"shard": s.name, "dir": str(s.dir.resolve()), **s.run["timing"]} for s in shards]},
+        "merged_from": [str(s.dir.resolve()) for s in shards],
+    }
+
+
+def merge_shards(shard_dirs: Sequence[Path], out_dir: Path, *, force: bool = False,
+                 command_line: Sequence[str] = ()) -> dict[str, Any]:
+    """Write into `out_dir` exactly the files a single run would, from all its shards.
+    Returns what run.json records."""
+    from virnucpro.predict import STATE_DIR, UnitStream
+
+    t0 = time.perf_counter()
+    shards = check_complete([read_shard(Path(d)) for d in shard_dirs])
+    inputs = locate_inputs(shards)
+    state = Path(out_dir) / STATE_DIR
+    _prepare_merge_output(out_dir, state, shards, force)
+    params, config = shards[0].run["params"], shards[0].run["config"]
+    tmp = state / "merge"
+    writer = outputs.PredictWriter(out_dir, tmp, params["threshold"],
+                                   bool(config["save_embeddings"]))
+    stream = UnitStream(inputs, params["chunk_size"], params["unit_frames"])
+    try:
+        for shard, unit, records in _owned_units(shards, stream):
+            result = _load(shard, unit)
+            writer.add(records, result.scores, result.embeddings)
+    except BaseException:
+        writer.abort()
+        shutil.rmtree(state, ignore_errors=True)
+        raise
+    record = _merged_record(shards, inputs, out_dir, writer.counts(),
+                            time.perf_counter() - t0, command_line)
+    writer.finish(record)
+    shutil.rmtree(state, ignore_errors=True)
+    log.info("merged %d shards: %d sequences; outputs in %s", len(shards),
+             record["counts"]["sequences"], out_dir)
+    return record

@@ -1,0 +1,156 @@
+"""`predict --engine ray`: a local Ray (2 CPUs) writes byte for byte what the local engine
+writes. Needs the `ray` extra (`pip install -e '.[test,ray]'`, as `make test` installs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+from conftest import orf_rich_fasta
+
+from virnucpro.cli import main
+from virnucpro.outputs import predict_paths
+
+pytestmark = [
+    pytest.mark.slow,  # Ray starts in seconds, and each actor imports torch
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),  # Ray's own settings
+]
+
+RESULT_FILES = ("predictions", "highest", "sequences", "chunks", "viral")
+COMMON = ("--device", "cpu", "--threads", "1", "--unit-frames", "3", "--threshold", "0.3")
+
+
+def _args(models, inputs, out, *extra: str) -> list[str]:
+    return ["predict", *map(str, inputs), "-o", str(out), "--dnabert", str(models.dnabert_dir),
+            "--esm", str(models.esm_dir), "-p", str(models.classifier_path), "--offline",
+            "--no-progress", "-q", *extra]
+
+
+def _results(out: Path) -> dict[str, bytes]:
+    paths = predict_paths(out)
+    return {role: paths[role].read_bytes() for role in RESULT_FILES}
+
+
+def _ray_pids() -> set[int]:
+    """Live processes of any Ray on this machine (its servers and its workers)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and ("ray::" in cmd or "site-packages/ray/" in cmd):
+            pids.add(int(entry))
+    return pids
+
+
+def _assert_no_new_ray_processes(before: set[int], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := _ray_pids() - before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"Ray processes left running: {sorted(left)}"
+
+
+@pytest.fixture(scope="module")
+def workdir(tiny_models, tmp_path_factory):
+    """An input and the local engine's outputs for it, to compare with."""
+    root = tmp_path_factory.mktemp("ray")
+    inp = orf_rich_fasta(root / "in.fa", 16)
+    local = root / "local"
+    assert main(_args(tiny_models, [inp], local, *COMMON)) == 0
+    return {"input": inp, "local": local}
+
+
+def test_engine_starts_and_stops_its_own_local_ray(tiny_models, workdir, tmp_path):
+    import ray
+
+    assert not ray.is_initialized()
+    before = _ray_pids()
+    out = tmp_path / "out"
+    assert main(_args(tiny_models, [workdir["input"]], out, *COMMON, "--engine", "ray")) == 0
+    assert not ray.is_initialized()
+    _assert_no_new_ray_processes(before)
+    assert _results(out) == _results(workdir["local"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["engine"] == "ray"
+    assert run["fingerprint"] == json.loads((workdir["local"] / "run.json").read_text())[
+        "fingerprint"]
+    assert not (out / ".virnucpro").exists()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs for the tests below; shut down, leaving no process, at the end."""
+    import ray
+
+    before = _ray_pids()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        assert _ray_pids() - before, "Ray started no process?"
+        yield ray
+    finally:
+        ray.shutdown()
+    _assert_no_new_ray_processes(before)
+
+
+def test_two_cpu_actors_write_what_the_local_engine_writes(tiny_models, workdir, local_ray,
+                                                           tmp_path):
+    out = tmp_path / "out"
+    assert main(_args(tiny_models, [workdir["input"]], out, *COMMON, "--engine", "ray",
+                      "--workers", "2")) == 0
+    assert local_ray.is_initialized()  # the caller's Ray is left running
+    assert _results(out) == _results(workdir["local"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["timing"]["frames_scored_this_run"] == run["counts"]["frames"]
+    assert {"dnabert", "esm", "classifier", "read_and_translate"} <= set(run["timing"]["stages"])
+
+
+def test_a_ray_shard_merges_with_a_local_shard(tiny_models, workdir, local_ray, tmp_path):
+    s1, s2, merged = tmp_path / "s1", tmp_path / "s2", tmp_path / "merged"
+    inp = workdir["input"]
+    assert main(_args(tiny_models, [inp], s1, *COMMON, "--shard", "1/2", "--engine", "ray")) == 0
+    assert main(_args(tiny_models, [inp], s2, *COMMON, "--shard", "2/2")) == 0
+    assert main(["merge", str(s1), str(s2), "-o", str(merged), "-q"]) == 0
+    assert _results(merged) == _results(workdir["local"])
+
+
+def test_ray_resumes_an_unfinished_run(tiny_models, workdir, local_ray, tmp_path):
+    """A shard keeps its scored units in OUT/units; make it look killed after some of them
+    (as a SIGKILL leaves it), then let the Ray engine finish it."""
+    out = tmp_path / "out"
+    inp = workdir["input"]
+    assert main(_args(tiny_models, [inp], out, *COMMON, "--shard", "1/1")) == 0
+    fingerprint = json.loads((out / "run.json").read_text())["fingerprint"]
+    for p in [*predict_paths(out).values(), out / "shard.json"]:
+        p.unlink(missing_ok=True)
+    units = sorted((out / "units").glob("*.npz"))
+    for p in units[len(units) // 2:]:
+        p.unlink()
+    (out / ".virnucpro").mkdir()
+    (out / ".virnucpro" / "state.json").write_text(json.dumps({"fingerprint": fingerprint}))
+
+    assert main(_args(tiny_models, [inp], out, *COMMON, "--shard", "1/1", "--engine",
+                      "ray")) == 0
+    assert _results(out) == _results(workdir["local"])
+    run = json.loads((out / "run.json").read_text())
+    assert 0 < run["timing"]["frames_scored_this_run"] < run["counts"]["frames"]
+
+
+def test_errors_in_ray_tasks_are_one_line(tiny_models, local_ray, tmp_path, capsys):
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">p1\nMKVLLAEFQW\n")
+    capsys.readouterr()
+    assert main(_args(tiny_models, [bad], tmp_path / "out", "--engine", "ray")) == 1
+    err = capsys.readouterr().err
+    assert "invalid character" in err and "bad.fa" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+    assert main(_args(tiny_models, ["-"], tmp_path / "out2", "--engine", "ray")) == 1
+    assert "--engine ray cannot read stdin" in capsys.readouterr().err
