@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -83,6 +84,59 @@ def _shard_option(_ctx: click.Context, _param: click.Parameter,
         raise click.BadParameter(str(exc)) from None
 
 
+_EMBEDDING_OPTIONS = [
+    click.option("--dnabert", metavar="ID_OR_DIR", default="zhihan1996/DNABERT-S",
+                 show_default=True,
+                 help="DNABERT-S hub id (owner/name[@revision]) or local directory."),
+    click.option("--esm", metavar="ID_OR_DIR", default="facebook/esm2_t36_3B_UR50D",
+                 show_default=True,
+                 help="ESM-2 hub id (owner/name[@revision]) or local directory."),
+    click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="Where downloaded models live [default: ~/.cache/virnucpro]."),
+    click.option("--device", default="auto", show_default=True,
+                 help="auto, cpu, cuda or cuda:N (auto: every visible GPU, else the CPU)."),
+    click.option("--gpus", default=None, metavar="0,1,...", help="CUDA devices to use."),
+    click.option("--workers", type=click.IntRange(min=1), default=None,
+                 help="Worker processes [default: one per selected GPU, or 1 on CPU]."),
+    click.option("--dnabert-batch-size", "dnabert_budget", type=click.IntRange(min=1),
+                 default=None, metavar="TOKENS",
+                 help="DNABERT-S tokens per batch [default: 2048, or 3072 in bf16]."),
+    click.option("--esm-batch-size", "esm_budget", type=click.IntRange(min=1), default=None,
+                 metavar="TOKENS", help="ESM-2 tokens per batch [default: 4096 on CPU; on a "
+                                        "GPU, from its free memory, see the README]."),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                 default="auto", show_default=True,
+                 help="auto: fp32 on CPU, bf16 on GPUs with compute capability >= 8, else "
+                      "fp16."),
+    click.option("--threads", type=click.IntRange(min=1), default=None,
+                 help="CPU threads per worker [default: cores / workers on CPU]."),
+    click.option("--unit-frames", type=click.IntRange(min=1), default=2048, show_default=True,
+                 help="Frames per work unit (the unit of scheduling, resume and caching)."),
+    click.option("--offline", is_flag=True,
+                 help="Never download; fail at once if a model is missing (also: "
+                      "HF_HUB_OFFLINE=1)."),
+    click.option("--no-progress", is_flag=True, help="No live progress display."),
+    click.option("-v", "--verbose", count=True, help="More log messages."),
+    click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors."),
+]
+
+
+def _embedding_options(command):  # type: ignore[no-untyped-def]
+    """The options every command that runs the embedding workers shares (predict, train)."""
+    for option in reversed(_EMBEDDING_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _embedding_settings(opts: dict) -> dict:  # type: ignore[type-arg]
+    """Turn the shared options into config fields; sets up logging on the way."""
+    verbose, quiet, no_progress = opts.pop("verbose"), opts.pop("quiet"), opts.pop("no_progress")
+    _setup_logging(verbose, quiet)
+    return {**opts, "offline": _offline(opts["offline"]),
+            "progress": not (no_progress or quiet) and sys.stderr.isatty(),
+            "command_line": ("virnucpro", *click.get_current_context().obj["argv"])}
+
+
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -93,39 +147,15 @@ def _shard_option(_ctx: click.Context, _param: click.Parameter,
               help="Classifier: an original .pth or a converted/trained directory.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Chunk length in bp [default: the model type].")
-@click.option("--dnabert", metavar="ID_OR_DIR", default="zhihan1996/DNABERT-S", show_default=True,
-              help="DNABERT-S hub id (owner/name[@revision]) or local directory.")
-@click.option("--esm", metavar="ID_OR_DIR", default="facebook/esm2_t36_3B_UR50D",
-              show_default=True, help="ESM-2 hub id (owner/name[@revision]) or local directory.")
-@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where downloaded models live [default: ~/.cache/virnucpro].")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda or cuda:N (auto: every visible GPU, else the CPU).")
-@click.option("--gpus", default=None, metavar="0,1,...", help="CUDA devices to use.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes [default: one per selected GPU, or 1 on CPU].")
-@click.option("--dnabert-batch-size", type=click.IntRange(min=1), default=None, metavar="TOKENS",
-              help="DNABERT-S tokens per batch [default: 2048, or 3072 in bf16].")
-@click.option("--esm-batch-size", type=click.IntRange(min=1), default=None, metavar="TOKENS",
-              help="ESM-2 tokens per batch [default: 4096 on CPU; on a GPU, from its free "
-                   "memory, see the README].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True, help="auto: fp32 on CPU, bf16 on GPUs with compute "
-                                      "capability >= 8, else fp16.")
+@_embedding_options
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Sequences with virus_score >= threshold are called virus.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads per worker [default: cores / workers on CPU].")
-@click.option("--unit-frames", type=click.IntRange(min=1), default=2048, show_default=True,
-              help="Frames per work unit (the unit of scheduling and resume).")
 @click.option("--resume", is_flag=True,
               help="Continue an unfinished run (the default when OUTPUT_DIR holds one).")
 @click.option("--force", is_flag=True, help="Replace whatever run OUTPUT_DIR holds.")
 @click.option("--save-embeddings", is_flag=True,
               help="Also write each frame's [DNABERT-S | ESM-2] features to "
                    "OUTPUT_DIR/embeddings/.")
-@click.option("--offline", is_flag=True,
-              help="Never download; fail at once if a model is missing (also: HF_HUB_OFFLINE=1).")
 @click.option("--shard", metavar="I/N", default=None, callback=_shard_option,
               help="Score only shard I of N (1 <= I <= N): for job arrays; `virnucpro merge` "
                    "joins the N output directories.")
@@ -134,33 +164,21 @@ def _shard_option(_ctx: click.Context, _param: click.Parameter,
                    "pip install 'virnucpro[ray]'). Both write the same bytes.")
 @click.option("--ray-address", metavar="auto|HOST:PORT", default=None,
               help="Ray cluster to join with --engine ray [default: start a local Ray].")
-@click.option("--no-progress", is_flag=True, help="No live progress display.")
-@click.option("-v", "--verbose", count=True, help="More log messages.")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def predict(inputs: tuple[str, ...], output_dir: Path, model_type: str, model_path: Path | None,
-            chunk_size: int | None, dnabert: str, esm: str, models_dir: Path | None, device: str,
-            gpus: str | None, workers: int | None, dnabert_batch_size: int | None,
-            esm_batch_size: int | None, precision: str, threshold: float, threads: int | None,
-            unit_frames: int, resume: bool, force: bool, save_embeddings: bool, offline: bool,
-            shard: tuple[int, int] | None, engine: str, ray_address: str | None,
-            no_progress: bool, verbose: int, quiet: bool) -> None:
+            chunk_size: int | None, threshold: float, resume: bool, force: bool,
+            save_embeddings: bool, shard: tuple[int, int] | None, engine: str,
+            ray_address: str | None, **embedding: Any) -> None:
     """Score INPUTS (FASTA/FASTQ, plain or gzip, '-' for stdin) and write per-frame,
     per-chunk and per-sequence verdicts to OUTPUT_DIR."""
     from virnucpro.predict import PredictConfig, run_predict
 
     if ray_address is not None and engine != "ray":
         raise click.UsageError("--ray-address needs --engine ray")
-    _setup_logging(verbose, quiet)
     cfg = PredictConfig(
         inputs=inputs, output_dir=output_dir, model_type=int(model_type), chunk_size=chunk_size,
-        classifier=str(model_path) if model_path else None, dnabert=dnabert, esm=esm,
-        models_dir=models_dir, device=device, gpus=gpus, workers=workers,
-        dnabert_budget=dnabert_batch_size, esm_budget=esm_batch_size, precision=precision,
-        threshold=threshold, threads=threads, unit_frames=unit_frames, resume=resume,
-        force=force, save_embeddings=save_embeddings, offline=_offline(offline),
-        progress=not (no_progress or quiet) and sys.stderr.isatty(), shard=shard,
-        engine=engine, ray_address=ray_address,
-        command_line=tuple(["virnucpro", *click.get_current_context().obj["argv"]]))
+        classifier=str(model_path) if model_path else None, threshold=threshold,
+        resume=resume, force=force, save_embeddings=save_embeddings, shard=shard,
+        engine=engine, ray_address=ray_address, **_embedding_settings(embedding))
     run_predict(cfg)
 
 
@@ -225,59 +243,25 @@ def merge(shard_dirs: tuple[Path, ...], output_dir: Path, force: bool, quiet: bo
                                       "sequences (no sequence on both sides).")
 @click.option("--seed", type=int, default=42, show_default=True,
               help="Seed for class balancing, the split, initialisation and shuffling.")
-@click.option("--dnabert", metavar="ID_OR_DIR", default="zhihan1996/DNABERT-S", show_default=True,
-              help="DNABERT-S hub id (owner/name[@revision]) or local directory.")
-@click.option("--esm", metavar="ID_OR_DIR", default="facebook/esm2_t36_3B_UR50D",
-              show_default=True, help="ESM-2 hub id (owner/name[@revision]) or local directory.")
-@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where downloaded models live [default: ~/.cache/virnucpro].")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda or cuda:N (embedding and training).")
-@click.option("--gpus", default=None, metavar="0,1,...", help="CUDA devices to embed on.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Embedding worker processes [default: one per selected GPU, or 1 on CPU].")
-@click.option("--dnabert-batch-size", type=click.IntRange(min=1), default=None, metavar="TOKENS",
-              help="DNABERT-S tokens per batch (as in predict).")
-@click.option("--esm-batch-size", type=click.IntRange(min=1), default=None, metavar="TOKENS",
-              help="ESM-2 tokens per batch (as in predict).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True, help="Embedding precision (as in predict).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads per worker [default: cores / workers on CPU].")
-@click.option("--unit-frames", type=click.IntRange(min=1), default=2048, show_default=True,
-              help="Frames per work unit (the unit of the embedding cache).")
 @click.option("--force", is_flag=True, help="Replace a classifier MODEL_DIR already holds.")
-@click.option("--offline", is_flag=True,
-              help="Never download; fail at once if a model is missing (also: HF_HUB_OFFLINE=1).")
-@click.option("--no-progress", is_flag=True, help="No live progress display.")
-@click.option("-v", "--verbose", count=True, help="More log messages.")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@_embedding_options
 def train(viral: tuple[str, ...], other: tuple[str, ...], model_dir: Path, chunk_size: int,
           cds_proteins: tuple[str, ...], features_dir: Path | None, hidden_dim: int,
           batchnorm: bool, dropout: float, lr: float, momentum: float, lr_step: int,
           lr_gamma: float, batch_size: int, patience: int, max_epochs: int,
-          val_fraction: float, split_by: str, seed: int, dnabert: str, esm: str,
-          models_dir: Path | None, device: str, gpus: str | None, workers: int | None,
-          dnabert_batch_size: int | None, esm_batch_size: int | None, precision: str,
-          threads: int | None, unit_frames: int, force: bool, offline: bool,
-          no_progress: bool, verbose: int, quiet: bool) -> None:
+          val_fraction: float, split_by: str, seed: int, force: bool,
+          **embedding: Any) -> None:
     """Train a classifier on --viral and --other sequences, chunked and embedded as predict
     does; writes MODEL_DIR/model.safetensors, classifier.json and history.tsv."""
     from virnucpro.train import Recipe, TrainConfig, run_train
 
-    _setup_logging(verbose, quiet)
     recipe = Recipe(hidden_dim=hidden_dim, batchnorm=batchnorm, dropout=dropout, lr=lr,
                     momentum=momentum, lr_step=lr_step, lr_gamma=lr_gamma,
                     batch_size=batch_size, patience=patience, max_epochs=max_epochs,
                     val_fraction=val_fraction, split_by=split_by, seed=seed)
-    cfg = TrainConfig(
-        viral=viral, other=other, model_dir=model_dir, chunk_size=chunk_size,
-        cds_proteins=cds_proteins, recipe=recipe, features_dir=features_dir, dnabert=dnabert,
-        esm=esm, models_dir=models_dir, device=device, gpus=gpus, workers=workers,
-        dnabert_budget=dnabert_batch_size, esm_budget=esm_batch_size, precision=precision,
-        threads=threads, unit_frames=unit_frames, offline=_offline(offline),
-        progress=not (no_progress or quiet) and sys.stderr.isatty(), force=force,
-        command_line=tuple(["virnucpro", *click.get_current_context().obj["argv"]]))
+    cfg = TrainConfig(viral=viral, other=other, model_dir=model_dir, chunk_size=chunk_size,
+                      cds_proteins=cds_proteins, recipe=recipe, features_dir=features_dir,
+                      force=force, **_embedding_settings(embedding))
     run_train(cfg)
 
 
