@@ -210,11 +210,16 @@ def run_units(workers: tuple[WorkerConfig, ...], units: Iterator[tuple[WorkUnit,
 
 # ------------------------------------------------------------------ progress
 class Progress:
-    """A live line on stderr: frames scored of those read so far, per-device rate, ETA."""
+    """A live line on stderr: frames scored of those read so far, per-device rate, ETA.
+
+    Without a live display (not a terminal, or --no-progress) the same facts go to the log
+    once a minute, so long runs under a batch scheduler still show where they are."""
+
+    LOG_EVERY = 60.0  # seconds between progress log lines without a live display
 
     def __init__(self, enabled: bool) -> None:
         self.bar = None
-        self.t0 = time.perf_counter()
+        self.t0 = self.logged = time.perf_counter()
         if enabled:
             from rich.console import Console
             from rich.progress import (
@@ -234,12 +239,18 @@ class Progress:
             self.bar.start()
 
     def update(self, done: int, seen: int, all_read: bool, stats: RunStats) -> None:
-        if self.bar is None:
+        now = time.perf_counter()
+        if self.bar is None and now - self.logged < self.LOG_EVERY:
             return
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        elapsed = max(now - self.t0, 1e-9)
         rates = " ".join(f"{dev} {n / elapsed:.0f}/s"
                          for dev, n in sorted(stats.frames_per_device.items()))
         more = "" if all_read else " (still reading input)"
+        if self.bar is None:
+            self.logged = now
+            log.info("%d of %d frames scored%s; frames/s: %s", done, seen, more,
+                     rates or "n/a")
+            return
         self.bar.update(self.task, completed=done, total=seen if all_read else None,
                         description=rates + more)
 

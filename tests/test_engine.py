@@ -1,0 +1,27 @@
+"""The unit runner's progress reporting without a terminal."""
+
+from __future__ import annotations
+
+import logging
+
+from virnucpro.engine import Progress, RunStats
+
+
+def test_progress_without_a_terminal_goes_to_the_log(caplog, monkeypatch):
+    monkeypatch.setattr(Progress, "LOG_EVERY", 0.0)
+    stats = RunStats(frames_per_device={"cpu": 10})
+    bar = Progress(enabled=False)
+    with caplog.at_level(logging.INFO, logger="virnucpro.engine"):
+        bar.update(10, 40, False, stats)
+        bar.update(40, 40, True, stats)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("10 of 40 frames scored (still reading input); frames/s: cpu ")
+    assert lines[1].startswith("40 of 40 frames scored; frames/s: cpu ")
+
+
+def test_progress_log_is_rate_limited(caplog):
+    bar = Progress(enabled=False)
+    with caplog.at_level(logging.INFO, logger="virnucpro.engine"):
+        for i in range(100):
+            bar.update(i, 100, True, RunStats())
+    assert not caplog.records  # the first line comes after Progress.LOG_EVERY seconds
