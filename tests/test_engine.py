@@ -25,3 +25,20 @@ def test_progress_log_is_rate_limited(caplog):
         for i in range(100):
             bar.update(i, 100, True, RunStats())
     assert not caplog.records  # the first line comes after Progress.LOG_EVERY seconds
+
+
+def test_a_unit_killed_mid_write_is_not_taken_as_finished(tmp_path):
+    import numpy as np
+
+    from virnucpro.batching import WorkUnit
+    from virnucpro.engine import finished_units, load_unit, save_unit
+    from virnucpro.worker import UnitResult
+
+    (tmp_path / "units").mkdir()
+    unit = WorkUnit(7, ("a_chunk_1F1",), ("ACGTACG",), ("TY",))
+    scores = np.array([[0.25, 0.75]], np.float32)
+    save_unit(tmp_path, unit, UnitResult(7, scores, None))
+    # What a kill during the next save leaves behind: a partial temporary file.
+    (tmp_path / "units" / ".000008.npz.tmp").write_bytes(b"PK\x03\x04 partial")
+    assert finished_units(tmp_path) == {7}
+    assert load_unit(tmp_path, unit).scores.tolist() == scores.tolist()

@@ -261,3 +261,18 @@ def test_resume_after_sigkill_is_byte_identical(tiny_models, tmp_path, kill_afte
     assert run["timing"]["frames_scored_this_run"] <= run["counts"]["frames"]
     if done:
         assert run["timing"]["frames_scored_this_run"] < run["counts"]["frames"]
+
+
+def test_highest_score_sort_spills_and_merges_identically(tiny_models, tmp_path, monkeypatch):
+    """Chunk rows are sorted on disk in runs, merged a few files at a time: same bytes."""
+    import virnucpro.outputs
+
+    inp = orf_rich_fasta(tmp_path / "in.fa", 30)
+    assert main(_args(tiny_models, [inp], tmp_path / "whole")) == 0
+    monkeypatch.setattr(virnucpro.outputs, "_SORT_RUN_ROWS", 3)
+    monkeypatch.setattr(virnucpro.outputs, "_MERGE_FAN_IN", 2)
+    assert main(_args(tiny_models, [inp], tmp_path / "spilled")) == 0
+    assert _results(tmp_path / "spilled") == _results(tmp_path / "whole")
+    rows = _table(tmp_path / "spilled" / "prediction_results_highestscore.csv")[1:]
+    assert len(rows) > 3 * 2 * 2, "enough rows for several spills and two merge levels"
+    assert not list((tmp_path / "spilled").rglob("highest_*.tsv"))

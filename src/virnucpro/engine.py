@@ -41,9 +41,17 @@ def save_unit(state: Path, unit: WorkUnit, result: UnitResult) -> None:
     if result.embeddings is not None:
         arrays["features"] = result.embeddings
     path = unit_path(state, unit.index)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
+    # Written under a hidden name that the `[0-9]*.npz` scan for finished units cannot
+    # match, then renamed: a run killed mid-write leaves no unit that looks finished.
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        np.savez(fh, **arrays)
     os.replace(tmp, path)
+
+
+def finished_units(state: Path) -> set[int]:
+    """Indexes of the units saved in `state` by `save_unit` (a resumed run reuses them)."""
+    return {int(p.name.split(".")[0]) for p in (state / "units").glob("[0-9]*.npz")}
 
 
 def load_unit(state: Path, unit: WorkUnit) -> UnitResult:

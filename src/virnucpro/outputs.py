@@ -190,7 +190,8 @@ HIGHEST_COLUMNS = ("Modified_ID", "Is_Virus")
 SEQUENCE_COLUMNS = ("seq_id", "length", "n_chunks", "n_chunks_scored", "n_frames",
                     "virus_score", "prediction", "reason")
 CHUNK_COLUMNS = ("chunk_id", "seq_id", "start", "end", "n_frames", "score", "call")
-_SORT_RUN_ROWS = 100_000  # highest-score rows kept in memory before a sorted run is spilled
+_SORT_RUN_ROWS = 50_000  # highest-score rows kept in memory before a sorted run is spilled
+_MERGE_FAN_IN = 128  # sorted runs merged at once
 
 
 def predict_paths(out_dir: Path) -> dict[str, Path]:
@@ -226,8 +227,9 @@ class PredictWriter:
         self._fh["predictions"].write(tsv_row(PREDICTION_COLUMNS))
         self._fh["sequences"].write(tsv_row(SEQUENCE_COLUMNS))
         self._fh["chunks"].write(tsv_row(CHUNK_COLUMNS))
-        self._highest: list[tuple[str, str]] = []
+        self._highest: list[str] = []  # formatted rows, not yet in a sorted run on disk
         self._runs: list[Path] = []
+        self._n_runs = 0
         self._n_units = 0
         self.frames_written = 0
         self._counts = {"sequences": 0, "bases": 0, "chunks": 0, "chunks_scored": 0,
@@ -264,7 +266,7 @@ class PredictWriter:
                                            len(frames), _fmt_opt(score), v.call)))
             if frames:
                 # The original's chunk id is the frame id minus its last two characters.
-                self._highest.append((frames[0].id[:-2], str(is_virus_original(s))))
+                self._highest.append(tsv_row((frames[0].id[:-2], is_virus_original(s))))
                 frames_out.extend(frame_lines(frames, s))
         self._fh["predictions"].writelines(frames_out)
         seq_score = sequence_score(chunk_scores)
@@ -284,27 +286,48 @@ class PredictWriter:
         c["predictions"][v.call] += 1
 
     def _spill(self) -> None:
-        path = self.tmp_dir / f"highest_{len(self._runs):06d}.tsv"
-        with path.open("w", newline="\n") as fh:
-            fh.writelines(tsv_row(row) for row in sorted(self._highest))
-        self._runs.append(path)
+        self._highest.sort()
+        self._runs.append(self._write_run(self._highest))
         self._highest = []
+
+    def _write_run(self, lines: Iterable[str]) -> Path:
+        path = self.tmp_dir / f"highest_{self._n_runs:06d}.tsv"
+        self._n_runs += 1
+        with path.open("w", newline="\n") as fh:
+            fh.writelines(lines)
+        return path
 
     def _merge_highest(self) -> Path:
         """Sort all chunk rows by Modified_ID (as strings, as the original does) without
-        holding them all in memory: sorted runs on disk, merged once."""
+        holding them all in memory: sorted runs on disk, merged a bounded number at a time.
+
+        Rows are sorted as whole lines: ids hold no whitespace and the tab after an id sorts
+        before any character of a longer id, so line order is id order."""
+        self._highest.sort()
+        runs = [*self._runs, self._write_run(self._highest)]
+        self._highest = []
+        while len(runs) > _MERGE_FAN_IN:  # keep the number of open files bounded
+            runs = [self._merge_runs(runs[i:i + _MERGE_FAN_IN])
+                    for i in range(0, len(runs), _MERGE_FAN_IN)]
         out = self.tmp_dir / self.paths["highest"].name
-        runs = [open(p) for p in self._runs]  # noqa: SIM115 - closed below
-        try:
-            with out.open("w", newline="\n") as fh:
-                fh.write(tsv_row(HIGHEST_COLUMNS))
-                lines = heapq.merge(*runs, (tsv_row(r) for r in sorted(self._highest)),
-                                    key=lambda line: line.split("\t", 1)[0])
-                fh.writelines(lines)
-        finally:
-            for r in runs:
-                r.close()
+        with out.open("w", newline="\n") as fh:
+            fh.write(tsv_row(HIGHEST_COLUMNS))
+            self._merge_into(runs, fh)
         return out
+
+    def _merge_runs(self, runs: list[Path]) -> Path:
+        path = self._write_run(())
+        with path.open("w", newline="\n") as fh:
+            self._merge_into(runs, fh)
+        return path
+
+    @staticmethod
+    def _merge_into(runs: list[Path], fh: TextIO) -> None:
+        with contextlib.ExitStack() as stack:
+            files = [stack.enter_context(p.open()) for p in runs]
+            fh.writelines(heapq.merge(*files))
+        for p in runs:
+            p.unlink()
 
     def counts(self) -> dict[str, object]:
         return json.loads(json.dumps(self._counts))

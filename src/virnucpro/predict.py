@@ -23,7 +23,7 @@ from typing import Any
 
 from virnucpro import __version__, outputs, shards
 from virnucpro.batching import WorkUnit, iter_units
-from virnucpro.engine import RunStats, run_units
+from virnucpro.engine import RunStats, finished_units, run_units
 from virnucpro.errors import InputError, OutputError, VirnucproError
 from virnucpro.frames import RecordFrames, iter_record_frames
 from virnucpro.reader import read_records
@@ -264,7 +264,7 @@ def prepare_output(cfg: PredictConfig, plan: RunPlan) -> set[int] | None:
             raise OutputError(f"{out}: an unfinished run read stdin, which cannot be resumed; "
                               "use --force to start over")
         units.mkdir(parents=True, exist_ok=True)
-        done = {int(p.name.split(".")[0]) for p in units.glob("[0-9]*.npz")}
+        done = finished_units(units.parent)
         log.info("resuming the unfinished run in %s: %d work units already done", out, len(done))
         return done
     if finished is not None:

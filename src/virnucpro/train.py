@@ -37,7 +37,7 @@ from torch import nn
 from virnucpro import __version__, outputs
 from virnucpro.batching import WorkUnit, iter_units
 from virnucpro.classifier import INFO_FILE, WEIGHTS_FILE, ClassifierInfo, MLPClassifier
-from virnucpro.engine import RunStats, load_unit, run_units
+from virnucpro.engine import RunStats, finished_units, load_unit, run_units
 from virnucpro.errors import InputError, OutputError
 from virnucpro.evaluate import binary_metrics
 from virnucpro.frames import RecordFrames, iter_record_frames
@@ -354,7 +354,7 @@ def embed_frames(cfg: TrainConfig, plan: EmbedPlan, selection: Selection) -> Fea
             collect(group, _cached(plan.cache, unit))
         stats = RunStats()
     else:
-        done = {int(p.name.split(".")[0]) for p in (plan.cache / "units").glob("[0-9]*.npz")}
+        done = finished_units(plan.cache)
         if done:
             log.info("features cache %s: %d units already done", plan.cache, len(done))
         stats = run_units(plan.workers, units, state=plan.cache, done=done, consume=collect,

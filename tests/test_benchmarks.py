@@ -1,0 +1,88 @@
+"""The benchmarks run at tiny size and report every section, so they cannot rot unnoticed.
+
+`bench_predict.py --quick` and `gpu_check.sh --cpu-tiny` run the same code as the real
+measurements (random models written in the real formats, `run_predict`, `virnucpro predict`)
+with tiny models on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + (os.pathsep + env["PYTHONPATH"]
+                                             if env.get("PYTHONPATH") else "")
+    env["PYTHON"] = sys.executable  # gpu_check.sh's interpreter
+    return env
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.slow
+def test_bench_predict_quick(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _run([sys.executable, "benchmarks/bench_predict.py", "--quick", "--json", str(out)])
+    for section in ("== hardware ==", "== matmul peak ==", "== models", "== end to end",
+                    "== baseline", "== agreement", "== targets =="):
+        assert section in proc.stdout, section
+    data = json.loads(out.read_text())
+    assert data["quick"] is True
+    assert data["frames"] == 24
+    assert data["e2e"]["frames"] == 24  # run_predict scored every frame of the workload
+    assert data["peak"]["flops"] > 0
+    assert data["hardware"]["cpu"] and data["hardware"]["torch_threads"] >= 1
+    for model in ("dnabert", "esm"):
+        row = data["models"][model]
+        assert row["tokens"] > 0 and row["tokens_per_s"] > 0
+        assert row["mfu"] > 0 and row["mfu_median"] > 0
+        assert data["baseline"][model]["tokens"] == row["tokens"]
+        # Ours (batched, masked, HF ESM) and the original-style baseline (batch 1; fair-esm)
+        # run the same weights: they must give the same embeddings.
+        assert data["agreement"][model]["max_abs_diff"] < 1e-4
+    assert 0 < data["e2e"]["forward_share"] <= 1
+    assert set(data["targets"]) == {"dnabert_mfu", "esm_mfu", "forward_share", "speedup",
+                                    "speedup_robust"}
+    assert data["speedup"] > 0 and data["speedup_robust"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                    reason="needs bash and coreutils timeout")
+def test_gpu_check_cpu_tiny(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = _run(["bash", "benchmarks/gpu_check.sh", "--cpu-tiny", "--json", str(out)])
+    for section in ("== env ==", "== setup ==", "== peak ==", "== dnabert ==", "== esm ==",
+                    "== e2e ==", "== summary (targets) =="):
+        assert section in proc.stdout, section
+    assert "FAILED" not in proc.stdout and "SKIPPED" not in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["mode"] == "cpu-tiny"
+    for name in ("setup", "peak", "dnabert", "esm", "e2e"):
+        assert data[name]["status"] == "ok", (name, data[name]["status"])
+    for name in ("dnabert", "esm"):
+        assert data[name]["agreement_bf16_fp32"]["min_cosine"] > 0.99
+        rows = data[name]["throughput"]
+        labels = {r["workload"] for r in rows}
+        assert labels == {"500bp chunks", "300bp chunks", "150bp reads"}
+        assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in rows)
+    assert 0.9 <= data["esm"]["classifier_calls"]["same_call"] <= 1
+    # ~120 random 500 bp records, each keeping about one frame; every frame was scored.
+    assert 100 <= data["e2e"]["frames"] == data["e2e"]["frames_in_input"] <= 140
+    assert 0 < data["e2e"]["gpu_busy_stage_share"] <= 1
+    assert 0 < data["e2e"]["startup_seconds"] < data["e2e"]["cli_wall_seconds"]
+    assert set(data["targets"]) == {"esm_mfu", "dnabert_mfu", "gpu_busy", "cosine"}
