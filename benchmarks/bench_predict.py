@@ -1,0 +1,384 @@
+"""Model and end-to-end speed of `virnucpro predict` on this machine's CPU, with MFU.
+
+    python benchmarks/bench_predict.py                  # full-size models, 300 frames
+    python benchmarks/bench_predict.py --frames 100 --json bench.json
+    python benchmarks/bench_predict.py --quick          # tiny models, seconds (used by tests)
+
+Models are random but of real size and written in the real formats: DNABERT-S 117M
+(config.json + pytorch_model.bin + the real tokenizer.json when ../shared has it) and
+ESM-2 150M (30 layers, 640 hidden; a fair-esm .pt converted by `convert_fair_esm` into the
+HF directory we load). The classifier is the published shape (768 + 640 -> 512 -> 2).
+The workload is frames of random 500 bp chunks whose first frame is stop-free.
+
+Figures: the fp32 matmul peak; tokens/s and MFU of each model through our batching; frames/s
+of `run_predict` and the share of its wall time inside model forward passes; and the
+original-style baseline on the same frames (DNABERT-S one sequence at a time, unmasked;
+fair-esm's own ESM2 in its greedy batches of at most 2048 tokens; fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+try:
+    import virnucpro  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import common as C
+import torch
+
+TARGETS = {"dnabert_mfu": 0.70, "esm_mfu": 0.60, "forward_share": 0.85, "speedup": 1.25}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=None, help="frames to score [300; quick: 24]")
+    p.add_argument("--quick", action="store_true", help="tiny models (for tests)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="DNABERT-S tokenizer.json [default: ../shared/data/dnabert-s]")
+    p.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="skip the opt-in bf16 measurements (--precision bf16 on the CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------ setup
+def build_models(work: Path, quick: bool, tokenizer: Path | None, seed: int) -> dict[str, Any]:
+    """Write the three models in their real formats; keep fair-esm's model for the baseline."""
+    from virnucpro.esm import convert_fair_esm
+
+    dna_shape = C.DNABERT_TINY if quick else C.DNABERT_S
+    esm_shape = C.ESM2_TINY if quick else C.ESM2_150M
+    tok_path, tok_label = C.dnabert_tokenizer_file(tokenizer, work)
+    dnabert = C.build_dnabert(dna_shape, torch.device("cpu"), torch.float32, seed)
+    dna_dir = C.write_dnabert_dir(dnabert, dna_shape, work / "dnabert-s", tok_path)
+    del dnabert
+    fair, alphabet = C.fair_esm_checkpoint(esm_shape, work / "esm2.pt", seed)
+    esm_dir = convert_fair_esm(work / "esm2.pt", work / "esm2")
+    (work / "esm2.pt").unlink()
+    classifier = C.write_classifier(work / "classifier.pth", dna_shape.hidden + esm_shape.hidden)
+    return {"dnabert_dir": dna_dir, "esm_dir": esm_dir, "classifier": classifier,
+            "dna_shape": dna_shape, "esm_shape": esm_shape, "tokenizer": tok_label,
+            "fair": fair, "alphabet": alphabet}
+
+
+def workload(n_frames: int, work: Path, seed: int) -> tuple[Path, list[Any]]:
+    """Random 500 bp records (about one kept frame each), as FASTA and as frames."""
+    records = C.stop_free_records(n_frames, 500, seed=seed)
+    frames = C.frames_of(records, 500)
+    while len(frames) > n_frames:  # a record now and then keeps a second frame by chance
+        records.pop()
+        frames = C.frames_of(records, 500)
+    return C.write_fasta(records, work / "frames.fa"), frames
+
+
+# ------------------------------------------------------------------ ours, model level
+def measure_models(m: dict[str, Any], frames: list[Any], peak: float,
+                   dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Each model through our token-budget batching with the CPU default budgets."""
+    from virnucpro.devices import DNABERT_BUDGET_DEFAULT, ESM_BUDGET_CPU
+    from virnucpro.dnabert import embed_dnabert, load_dnabert, load_dnabert_tokenizer, tokenize_dna
+    from virnucpro.esm import embed_esm, load_esm, tokenize_protein
+
+    dna_ids = tokenize_dna(load_dnabert_tokenizer(m["dnabert_dir"]), [f.nucleotide for f in frames])
+    dnabert, dna_emb = _measure(embed_dnabert, load_dnabert(m["dnabert_dir"], dtype=dtype),
+                                dna_ids, DNABERT_BUDGET_DEFAULT, m["dna_shape"], peak)
+    esm, tok = load_esm(m["esm_dir"], dtype=dtype)
+    prot_ids = tokenize_protein(tok, [f.protein for f in frames])
+    esm_row, esm_emb = _measure(embed_esm, esm, prot_ids, ESM_BUDGET_CPU, m["esm_shape"], peak)
+    secs = dnabert["seconds"] + esm_row["seconds"]
+    return {"dnabert": dnabert, "esm": esm_row, "frames_per_s": len(frames) / secs,
+            "dnabert_emb": dna_emb, "esm_emb": esm_emb}
+
+
+def _measure(embed: Any, model: Any, ids: list[list[int]], budget: int, shape: C.Shape,
+             peak: float) -> tuple[dict[str, Any], torch.Tensor]:
+    timing = C.embed_throughput(lambda b: embed(model, b), ids, budget, torch.device("cpu"),
+                                keep=True)
+    weights = C.encoder_linear_weights(model)
+    row = C.throughput_row(timing, weights, shape, peak)
+    return row | {"budget": budget, "linear_weights": weights}, timing["embeddings"]
+
+
+# ------------------------------------------------------------------ ours, end to end
+def measure_e2e(m: dict[str, Any], fasta: Path, out_dir: Path, threads: int,
+                precision: str = "auto") -> dict[str, Any]:
+    """`run_predict --device cpu` with default budgets; wall time measured around the call."""
+    from virnucpro.predict import PredictConfig, run_predict
+
+    cfg = PredictConfig(inputs=(str(fasta),), output_dir=out_dir,
+                        classifier=str(m["classifier"]), dnabert=str(m["dnabert_dir"]),
+                        esm=str(m["esm_dir"]), device="cpu", offline=True, progress=False,
+                        threads=threads, precision=precision,
+                        command_line=("bench_predict.py",))
+    with C.ForwardClock() as clock:
+        t0 = time.perf_counter()
+        record = run_predict(cfg)
+        wall = time.perf_counter() - t0
+    timing = record["timing"]
+    stages = timing["stages"]
+    frames = timing["frames_scored_this_run"]
+    model_stage = sum(stages.get(k, {}).get("seconds", 0.0)
+                      for k in ("dnabert", "esm", "classifier"))
+    forward = sum(clock.seconds.values())
+    startup = (clock.first - t0) if clock.first else None
+    return {
+        "frames": frames, "wall_seconds": wall, "frames_per_s": frames / wall,
+        "run_json_wall_seconds": timing["wall_seconds"],
+        "startup_seconds": startup,
+        "forward_seconds": {k: round(v, 3) for k, v in clock.seconds.items()},
+        "forward_share": forward / wall,
+        "forward_share_after_startup": forward / (wall - startup) if startup else None,
+        "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
+        "stage_share": model_stage / timing["wall_seconds"],
+        "frames_per_s_after_startup": frames / (wall - startup) if startup else None,
+    }
+
+
+# ------------------------------------------------------------------ original-style baseline
+def baseline_dnabert(m: dict[str, Any], frames: list[Any], peak: float) -> dict[str, Any]:
+    """The original: tokenise and run one sequence at a time, no mask, mean over all tokens."""
+    from virnucpro.dnabert import load_dnabert, load_dnabert_tokenizer
+
+    model = load_dnabert(m["dnabert_dir"])
+    tok = load_dnabert_tokenizer(m["dnabert_dir"])
+    seqs = [f.nucleotide for f in frames]
+    with torch.inference_mode():
+        model(torch.tensor([tok.encode(seqs[0]).ids]))  # warm-up
+        embs, lengths, pieces = [], [], []
+        t0 = time.perf_counter()
+        for s in seqs:
+            t1 = time.perf_counter()
+            ids = torch.tensor([tok.encode(s).ids])  # [1, T]
+            embs.append(model(ids)[0].mean(dim=0))  # [H]
+            lengths.append(ids.shape[1])
+            pieces.append((time.perf_counter() - t1, [ids.shape[1]]))
+        secs = time.perf_counter() - t0
+    timing = {"seconds": secs, "sequences": len(seqs), "tokens": sum(lengths),
+              "padded_tokens": sum(lengths), "lengths": lengths, "pieces": pieces}
+    row = C.throughput_row(timing, C.encoder_linear_weights(model), m["dna_shape"], peak)
+    return row | {"embeddings": torch.stack(embs)}
+
+
+def baseline_esm(m: dict[str, Any], frames: list[Any], peak: float) -> dict[str, Any]:
+    """The original: fair-esm's ESM2, FastaBatchedDataset batches of <= 2048 tokens, fp32."""
+    from esm.data import FastaBatchedDataset
+
+    model, alphabet = m["fair"], m["alphabet"]
+    proteins = [f.protein for f in frames]
+    dataset = FastaBatchedDataset([str(i) for i in range(len(proteins))], proteins)
+    batches = dataset.get_batch_indices(2048, extra_toks_per_seq=1)
+    convert = alphabet.get_batch_converter()
+    last = model.num_layers
+    embs = torch.zeros(len(proteins), model.embed_dim)
+    pieces = []
+    with torch.no_grad():
+        model(convert([("w", proteins[0])])[2], repr_layers=[last])  # warm-up
+        t0 = time.perf_counter()
+        for batch in batches:
+            t1 = time.perf_counter()
+            _, strs, toks = convert([(str(i), proteins[i]) for i in batch])
+            reps = model(toks, repr_layers=[last])["representations"][last]  # [B, T, H]
+            for row, (i, s) in enumerate(zip(batch, strs, strict=True)):
+                embs[i] = reps[row, 1: min(len(s), 1024) + 1].mean(dim=0)
+            pieces.append((time.perf_counter() - t1, [len(s) + 2 for s in strs]))
+        secs = time.perf_counter() - t0
+    lengths = [len(p) + 2 for p in proteins]
+    timing = {"seconds": secs, "sequences": len(proteins), "tokens": sum(lengths),
+              "padded_tokens": sum(lengths), "lengths": lengths, "pieces": pieces}
+    linear = sum(x.weight.numel() for x in model.layers.modules()
+                 if isinstance(x, torch.nn.Linear))
+    row = C.throughput_row(timing, linear, m["esm_shape"], peak)
+    return row | {"embeddings": embs, "batches": len(batches)}
+
+
+# ------------------------------------------------------------------ opt-in bf16
+def measure_bf16(m: dict[str, Any], frames: list[Any], fasta: Path, work: Path,
+                 r: dict[str, Any]) -> dict[str, Any]:
+    """The same, with `--precision bf16` (opt-in on a CPU): speed, and how far it moves
+    the embeddings and the calls from fp32."""
+    cpu = torch.device("cpu")
+    peak = C.matmul_peak(cpu, torch.bfloat16, (256, 384) if r["quick"] else (2048, 3072),
+                         repeats=3 if r["quick"] else 6)
+    models = measure_models(m, frames, peak["flops"], torch.bfloat16)
+    e2e = measure_e2e(m, fasta, work / "predict-bf16", torch.get_num_threads(), "bf16")
+    return {"peak": peak, "models": models, "e2e": e2e,
+            "agreement": {k: C.agreement(r["models"][f"{k}_emb"], models[f"{k}_emb"])
+                          for k in ("dnabert", "esm")},
+            "calls": compare_calls(work / "predict", work / "predict-bf16")}
+
+
+def compare_calls(fp32_dir: Path, bf16_dir: Path) -> dict[str, float]:
+    """Per-frame calls and scores of two runs over the same input (prediction file)."""
+    from virnucpro.outputs import predict_paths
+
+    def rows(d: Path) -> list[list[str]]:
+        lines = predict_paths(d)["predictions"].read_text().splitlines()[1:]
+        return [line.split("\t") for line in lines]
+
+    a, b = rows(fp32_dir), rows(bf16_dir)
+    assert [x[0] for x in a] == [x[0] for x in b], "the two runs scored different frames"
+    same = sum(x[1] == y[1] for x, y in zip(a, b, strict=True))
+    diff = max((abs(float(x[3]) - float(y[3])) for x, y in zip(a, b, strict=True)), default=0.0)
+    virus = sum(x[1] == "virus" for x in a)
+    return {"frames": len(a), "same_call": same / max(len(a), 1),
+            "virus_fraction_fp32": virus / max(len(a), 1), "max_abs_score2_diff": diff}
+
+
+# ------------------------------------------------------------------ report
+def report(r: dict[str, Any]) -> None:
+    hw, peak = r["hardware"], r["peak"]
+    print("== hardware ==")
+    print(f"  cpu: {hw['cpu']}; cores: {hw['cpu_cores']} (usable {hw['cpu_cores_usable']}); "
+          f"torch {hw['torch']}, {hw['torch_threads']} threads; python {hw['python']}")
+    print(f"  load average before the run {_load(hw['load_average'])} (other work on these "
+          f"cores), at the end {_load(r['load_average_end'])} (includes this run's threads)")
+    print(f"  DNABERT-S tokenizer: {r['tokenizer']}")
+    print("== matmul peak ==")
+    print(f"  fp32 torch.mm {peak['size']}x{peak['size']}: {C.fmt_flops(peak['flops'])} "
+          "(best of several; the MFU denominator)")
+    print(f"  sustained (median of back-to-back mm over several seconds): "
+          f"{C.fmt_flops(peak['sustained_flops'])}")
+    report_models(r)
+    e = r["e2e"]
+    print("== end to end (run_predict, --device cpu, default budgets) ==")
+    print(f"  frames {e['frames']}, wall {e['wall_seconds']:.2f} s, "
+          f"{e['frames_per_s']:.3f} frames/s ({e['frames_per_s_after_startup']:.3f} after "
+          f"start-up of {e['startup_seconds']:.2f} s)")
+    print(f"  model forward share of wall (global module hooks): "
+          f"{C.fmt_pct(e['forward_share'])} (after start-up "
+          f"{C.fmt_pct(e['forward_share_after_startup'])})")
+    print(f"  model stage share (run.json timing: dnabert+esm+classifier / wall_seconds): "
+          f"{C.fmt_pct(e['stage_share'])}; stages {e['stage_seconds']}")
+    print(f"  forward seconds: {e['forward_seconds']}")
+    base = r["baseline"]
+    print("== baseline (original style: DNABERT-S batch 1 unmasked; fair-esm ESM2, "
+          "<= 2048-token batches; fp32; model time only, no loading or I/O) ==")
+    print(f"  as run: {base['seconds']:.2f} s -> {base['frames_per_s']:.3f} frames/s; "
+          f"at median rates: {base['robust_seconds']:.2f} s -> "
+          f"{base['frames_per_s_robust']:.3f} frames/s")
+    print(f"  speedup, ours end to end (as run) vs baseline (as run): {r['speedup']:.2f}x")
+    print(f"  speedup, ours vs baseline, both models at their median batch rates: "
+          f"{r['speedup_robust']:.2f}x")
+    print("== agreement, ours vs baseline (same weights, fp32) ==")
+    for key in ("dnabert", "esm"):
+        a = r["agreement"][key]
+        print(f"  {key}: min cosine {a['min_cosine']:.7f}, centred min cosine "
+              f"{a['centered_min_cosine']:.7f}, max |diff| {a['max_abs_diff']:.2e}")
+    if "bf16" in r:
+        report_bf16(r)
+    print("== targets ==")
+    for name, value in r["targets"].items():
+        print(f"  {name:16s} {value['value']:.3f}  target >= {value['target']}  "
+              f"{'met' if value['met'] else 'MISSED'}")
+
+
+def report_models(r: dict[str, Any]) -> None:
+    ours, base = r["models"], r["baseline"]
+    print(f"== models ({r['frames']} frames of 500 bp chunks, fp32; ours: token-budget "
+          "batches; MFU as run, and at the median batch's rate) ==")
+    rows = []
+    for key, label in (("dnabert", r["dna_shape"]), ("esm", r["esm_shape"])):
+        for who, row in ((f"ours, budget {ours[key]['budget']}", ours[key]),
+                         ("baseline", base[key])):
+            rows.append([f"{label} ({who})", row["tokens"], row["mean_tokens"],
+                         f"{row['seconds']:.2f}", f"{row['tokens_per_s']:.0f}",
+                         C.fmt_flops(row["flops_per_s"]), C.fmt_pct(row["mfu"]),
+                         C.fmt_pct(row["mfu_median"]), row["n_pieces"]])
+    C.print_table(rows, ["model", "tokens", "tok/seq", "seconds", "tokens/s", "FLOP/s",
+                         "MFU", "MFU median", "batches"])
+    print("  FLOPs = 2*W*T (W = encoder linear weights) + 4*L*T^2*d per sequence; padding "
+          "not counted")
+
+
+def report_bf16(r: dict[str, Any]) -> None:
+    b = r["bf16"]
+    print("== opt-in: --precision bf16 on this CPU (not the default; fp32 is) ==")
+    print(f"  bf16 torch.mm peak: {C.fmt_flops(b['peak']['flops'])} "
+          f"({b['peak']['flops'] / r['peak']['flops']:.1f}x the fp32 peak)")
+    for key, label in (("dnabert", r["dna_shape"]), ("esm", r["esm_shape"])):
+        row, a = b["models"][key], b["agreement"][key]
+        print(f"  {label}: {row['tokens_per_s']:.0f} tokens/s, MFU {C.fmt_pct(row['mfu'])} of "
+              f"the bf16 peak; vs fp32: min cosine {a['min_cosine']:.5f}, centred "
+              f"{a['centered_min_cosine']:.5f}")
+    e, c = b["e2e"], b["calls"]
+    print(f"  end to end: {e['frames_per_s']:.3f} frames/s -> {b['speedup']:.2f}x the baseline "
+          f"(as run); same call as fp32 on {C.fmt_pct(c['same_call'])} of {c['frames']} frames "
+          f"(random classifier, {C.fmt_pct(c['virus_fraction_fp32'])} virus), max |score2 "
+          f"diff| {c['max_abs_score2_diff']:.3g}")
+
+
+def _load(value: Any) -> str:
+    return "n/a" if value is None else ", ".join(f"{x:.2f}" for x in value)
+
+
+def summarise(r: dict[str, Any]) -> None:
+    """Frame rates, speedups and the targets, from the measurements in `r`."""
+    base, ours, n = r["baseline"], r["models"], r["frames"]
+    base["seconds"] = base["dnabert"]["seconds"] + base["esm"]["seconds"]
+    base["robust_seconds"] = base["dnabert"]["robust_seconds"] + base["esm"]["robust_seconds"]
+    base["frames_per_s"] = n / base["seconds"]
+    base["frames_per_s_robust"] = n / base["robust_seconds"]
+    ours_robust = ours["dnabert"]["robust_seconds"] + ours["esm"]["robust_seconds"]
+    r["speedup"] = r["e2e"]["frames_per_s"] / base["frames_per_s"]
+    r["speedup_robust"] = base["robust_seconds"] / ours_robust
+    r["agreement"] = {k: C.agreement(base[k]["embeddings"], ours[f"{k}_emb"])
+                      for k in ("dnabert", "esm")}
+    if "bf16" in r:
+        r["bf16"]["speedup"] = r["bf16"]["e2e"]["frames_per_s"] / base["frames_per_s"]
+    r["targets"] = {
+        name: {"value": value, "target": TARGETS[name.removesuffix("_robust")],
+               "met": value >= TARGETS[name.removesuffix("_robust")]}
+        for name, value in (("dnabert_mfu", ours["dnabert"]["mfu_median"]),
+                            ("esm_mfu", ours["esm"]["mfu_median"]),
+                            ("forward_share", r["e2e"]["forward_share"]),
+                            ("speedup", r["speedup"]),
+                            ("speedup_robust", r["speedup_robust"]))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n_frames = args.frames or (24 if args.quick else 300)
+    cpu = torch.device("cpu")
+    r: dict[str, Any] = {"quick": args.quick, "hardware": C.hardware_info(cpu)}
+    sizes = (256, 384) if args.quick else (2048, 3072, 4096)
+    r["peak"] = C.matmul_peak(cpu, torch.float32, sizes, repeats=3 if args.quick else 6)
+    r["peak"]["sustained_flops"] = C.sustained_matmul(cpu, torch.float32, 256 if args.quick
+                                                      else 2048, 0.5 if args.quick else 8.0)
+    peak = r["peak"]["flops"]
+    with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
+        work = Path(tmp)
+        m = build_models(work, args.quick, args.tokenizer, args.seed)
+        r |= {"tokenizer": m["tokenizer"], "dna_shape": m["dna_shape"].name,
+              "esm_shape": m["esm_shape"].name}
+        fasta, frames = workload(n_frames, work, args.seed)
+        r["frames"] = len(frames)
+        print(f"[bench_predict] {len(frames)} frames; models in {work}", file=sys.stderr)
+        r["models"] = measure_models(m, frames, peak)
+        r["e2e"] = measure_e2e(m, fasta, work / "predict", torch.get_num_threads())
+        r["baseline"] = {"dnabert": baseline_dnabert(m, frames, peak),
+                         "esm": baseline_esm(m, frames, peak)}
+        if not args.no_bf16:
+            r["bf16"] = measure_bf16(m, frames, fasta, work, r)
+    summarise(r)
+    r["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    report(r)
+    if args.json:
+        args.json.write_text(json.dumps(C.to_json(r), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
