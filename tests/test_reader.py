@@ -222,3 +222,15 @@ def test_validation_is_fast(tmp_path):
     (record,) = read([path])
     assert len(record.seq) == 20_000_040
     assert time.perf_counter() - start < 2.0
+
+
+def test_seen_ids_finds_repeats_across_flushes(monkeypatch):
+    from virnucpro.reader import SeenIds
+
+    monkeypatch.setattr(SeenIds, "_RECENT", 4)  # many flushes into the sorted arrays
+    seen = SeenIds()
+    ids = [f"read{i}" for i in range(200)]
+    assert [seen.add(rid, place) for place, rid in enumerate(ids, 1)] == [None] * 200
+    for place, rid in enumerate(ids, 1):  # old ones live in the arrays, recent in the dict
+        assert seen.add(rid, 1000 + place) == place
+    assert seen.add("read_new", 5000) is None
