@@ -176,6 +176,42 @@ class ForwardClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + dt
 
 
+class OtherLoad:
+    """How much CPU other processes used while a phase ran (a shared machine's noise).
+
+    From /proc/stat: all CPUs' busy time minus this process's own CPU time (all threads),
+    per second of wall time, in cores; `steal` is time the hypervisor gave to other VMs.
+    Both should be ~0 for the figures of a phase to mean anything. Zero where /proc/stat
+    does not exist.
+    """
+
+    def __enter__(self) -> OtherLoad:
+        self._start = (_proc_stat(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (busy0, steal0), own0, t0 = self._start
+        busy1, steal1 = _proc_stat()
+        wall = max(time.perf_counter() - t0, 1e-9)
+        self.cores = max(0.0, (busy1 - busy0) - (time.process_time() - own0)) / wall
+        self.steal = (steal1 - steal0) / wall
+
+    def as_dict(self) -> dict[str, float]:
+        return {"other_cores": round(self.cores, 3), "steal_cores": round(self.steal, 3)}
+
+
+def _proc_stat() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of all CPUs since boot."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0, 0.0
+    ticks = [int(x) for x in fields] + [0] * 10
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
 # ------------------------------------------------------------------ FLOP count
 def encoder_linear_weights(model: nn.Module) -> int:
     """Weights of the `nn.Linear` layers of `model.encoder` (biases, norms and the unused
@@ -358,17 +394,40 @@ def write_classifier(path: Path, input_dim: int, seed: int = 0) -> Path:
     return make_tiny_classifier(path, input_dim=input_dim, hidden_dim=512, seed=seed)
 
 
-def random_classifier(input_dim: int, device: torch.device, seed: int = 0) -> Any:
-    """The published MLP shape with random weights and BatchNorm statistics, in memory."""
+def random_classifier(features: torch.Tensor, seed: int = 0) -> Any:
+    """The published MLP shape with random weights, calibrated on `features` [n, d] so that
+    half of them are called virus.
+
+    Uncalibrated, a random MLP calls nearly every frame the same way, and "same call in
+    fp32 and bf16" would say nothing; at a 50/50 split many frames sit near the boundary.
+    """
     from virnucpro.classifier import MLPClassifier
 
-    torch.manual_seed(seed)
-    model = MLPClassifier(input_dim, 512)
+    gen = torch.Generator().manual_seed(seed)
+    model = MLPClassifier(features.shape[1], 512)
     with torch.no_grad():
-        model.hidden_layer.bias.normal_(0.0, 0.5)
-        model.bn1.running_mean.normal_(0.0, 0.5)
-        model.bn1.running_var.uniform_(0.2, 3.0)
-    return model.to(device).eval()
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / max(p.shape[-1], 1) ** 0.5)
+        model.bn1.running_mean.copy_(torch.randn(512, generator=gen) * 0.1)
+        model = model.to(features.device).eval()
+        logits = model(features.float())
+        margin = (logits[:, 1] - logits[:, 0]).sort().values
+        k = len(margin) // 2  # the boundary goes midway between the two middle frames
+        model.output_layer.bias[1] -= (margin[max(k - 1, 0)] + margin[k]) / 2
+    return model
+
+
+def call_agreement(features_ref: torch.Tensor, features_other: torch.Tensor,
+                   seed: int = 0) -> dict[str, float]:
+    """Virus/others calls of a calibrated random classifier on two feature sets."""
+    from virnucpro.classifier import classify
+
+    model = random_classifier(features_ref, seed)
+    ref, other = classify(model, features_ref), classify(model, features_other)
+    return {"frames": len(ref),
+            "same_call": float((ref.argmax(1) == other.argmax(1)).float().mean()),
+            "virus_fraction_ref": float((ref.argmax(1) == 1).float().mean()),
+            "max_abs_score_diff": float((ref - other).abs().max())}
 
 
 # ------------------------------------------------------------------ workload

@@ -38,7 +38,8 @@ def test_bench_predict_quick(tmp_path):
     out = tmp_path / "bench.json"
     proc = _run([sys.executable, "benchmarks/bench_predict.py", "--quick", "--json", str(out)])
     for section in ("== hardware ==", "== matmul peak ==", "== models", "== end to end",
-                    "== baseline", "== agreement", "== targets =="):
+                    "== baseline", "== agreement", "== opt-in: --precision bf16",
+                    "== targets =="):
         assert section in proc.stdout, section
     data = json.loads(out.read_text())
     assert data["quick"] is True
@@ -55,6 +56,9 @@ def test_bench_predict_quick(tmp_path):
         # run the same weights: they must give the same embeddings.
         assert data["agreement"][model]["max_abs_diff"] < 1e-4
     assert 0 < data["e2e"]["forward_share"] <= 1
+    assert data["bf16"]["e2e"]["frames"] == 24
+    assert data["bf16"]["agreement"]["esm"]["min_cosine"] > 0.99
+    assert data["bf16"]["calls"]["same_call"] >= 0.75
     assert set(data["targets"]) == {"dnabert_mfu", "esm_mfu", "forward_share", "speedup",
                                     "speedup_robust"}
     assert data["speedup"] > 0 and data["speedup_robust"] > 0
