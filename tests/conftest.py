@@ -114,3 +114,21 @@ def write_predict_output(out: Path) -> Path:
         paths[role].write_text(tsv_row(columns) + "".join(tsv_row(r) for r in rows))
     paths["run"].write_text(json.dumps({"params": {"threshold": 0.5}}))
     return out
+
+
+RESULT_FILES = ("predictions", "highest", "sequences", "chunks", "viral")
+
+
+def predict_args(models, inputs, out, *extra: str) -> list[str]:
+    """`virnucpro predict` arguments for the tiny models, offline and quiet."""
+    return ["predict", *map(str, inputs), "-o", str(out), "--dnabert", str(models.dnabert_dir),
+            "--esm", str(models.esm_dir), "-p", str(models.classifier_path), "--offline",
+            "--no-progress", "-q", *extra]
+
+
+def predict_results(out: Path) -> dict[str, bytes]:
+    """The bytes of every result file predict writes (run.json, with timings, aside)."""
+    from virnucpro.outputs import predict_paths
+
+    paths = predict_paths(out)
+    return {role: paths[role].read_bytes() for role in RESULT_FILES}

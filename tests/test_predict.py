@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, orf_rich_fasta
+from conftest import ROOT, orf_rich_fasta, predict_args, predict_results
 
 from virnucpro.cli import main
 from virnucpro.outputs import (
@@ -25,18 +25,8 @@ from virnucpro.outputs import (
 )
 
 EXAMPLE = ROOT / "src" / "virnucpro" / "data" / "example.fa"
-RESULT_FILES = ("predictions", "highest", "sequences", "chunks", "viral")
 
 
-def _args(models, inputs, out, *extra: str) -> list[str]:
-    return ["predict", *map(str, inputs), "-o", str(out), "--dnabert", str(models.dnabert_dir),
-            "--esm", str(models.esm_dir), "-p", str(models.classifier_path), "--offline",
-            "--no-progress", "-q", *extra]
-
-
-def _results(out: Path) -> dict[str, bytes]:
-    paths = predict_paths(out)
-    return {role: paths[role].read_bytes() for role in RESULT_FILES}
 
 
 def _table(path: Path) -> list[list[str]]:
@@ -79,7 +69,7 @@ def test_matches_reference_computation(tiny_models, tmp_path):
 
     out = tmp_path / "out"
     threshold = 0.3  # the tiny random classifier scores low; this gives both calls
-    assert main(_args(tiny_models, [EXAMPLE], out, "--threshold", str(threshold))) == 0
+    assert main(predict_args(tiny_models, [EXAMPLE], out, "--threshold", str(threshold))) == 0
     records = list(iter_record_frames(read_records([str(EXAMPLE)]), 500))
     frames = [f for rf in records for fs in rf.frames for f in fs]
     ref = _reference_scores(tiny_models, frames)
@@ -153,7 +143,7 @@ def test_matches_reference_computation(tiny_models, tmp_path):
 def test_original_chunk_rule_is_reproduced_at_one_chunk(tiny_models, tmp_path):
     """A one-chunk sequence is `virus` at 0.5 exactly when the original's Is_Virus is True."""
     out = tmp_path / "out"
-    assert main(_args(tiny_models, [EXAMPLE], out)) == 0
+    assert main(predict_args(tiny_models, [EXAMPLE], out)) == 0
     is_virus = dict(r for r in _table(out / "prediction_results_highestscore.csv")[1:])
     for row in _table(out / "sequences.tsv")[1:]:
         if row[2] == "1" and row[3] == "1":
@@ -164,9 +154,9 @@ def test_two_workers_give_byte_identical_outputs(tiny_models, tmp_path):
     inp = orf_rich_fasta(tmp_path / "in.fa", 40)
     one, two = tmp_path / "one", tmp_path / "two"
     common = ("--device", "cpu", "--threads", "1", "--unit-frames", "8")
-    assert main(_args(tiny_models, [inp], one, *common, "--workers", "1")) == 0
-    assert main(_args(tiny_models, [inp], two, *common, "--workers", "2")) == 0
-    assert _results(one) == _results(two)
+    assert main(predict_args(tiny_models, [inp], one, *common, "--workers", "1")) == 0
+    assert main(predict_args(tiny_models, [inp], two, *common, "--workers", "2")) == 0
+    assert predict_results(one) == predict_results(two)
     run = json.loads((two / "run.json").read_text())
     assert len(run["workers"]) == 2
 
@@ -174,18 +164,18 @@ def test_two_workers_give_byte_identical_outputs(tiny_models, tmp_path):
 def test_rerun_of_a_finished_run_does_nothing_and_a_different_run_is_refused(
         tiny_models, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(_args(tiny_models, [EXAMPLE], out)) == 0
+    assert main(predict_args(tiny_models, [EXAMPLE], out)) == 0
     before = {p: p.stat().st_mtime_ns for p in predict_paths(out).values()}
-    assert main(_args(tiny_models, [EXAMPLE], out)) == 0
+    assert main(predict_args(tiny_models, [EXAMPLE], out)) == 0
     assert {p: p.stat().st_mtime_ns for p in predict_paths(out).values()} == before
 
     capsys.readouterr()
-    assert main(_args(tiny_models, [EXAMPLE], out, "--threshold", "0.7")) == 1
+    assert main(predict_args(tiny_models, [EXAMPLE], out, "--threshold", "0.7")) == 1
     err = capsys.readouterr().err
     assert "holds a different run" in err and "--force" in err and str(out) in err
     assert len(err.strip().splitlines()) == 1
 
-    assert main(_args(tiny_models, [EXAMPLE], out, "--threshold", "0.7", "--force")) == 0
+    assert main(predict_args(tiny_models, [EXAMPLE], out, "--threshold", "0.7", "--force")) == 0
     assert json.loads((out / "run.json").read_text())["params"]["threshold"] == 0.7
 
 
@@ -193,7 +183,7 @@ def test_foreign_outputs_are_not_overwritten(tiny_models, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "sequences.tsv").write_text("mine\n")
-    assert main(_args(tiny_models, [EXAMPLE], out)) == 1
+    assert main(predict_args(tiny_models, [EXAMPLE], out)) == 1
     assert "sequences.tsv" in capsys.readouterr().err
     assert (out / "sequences.tsv").read_text() == "mine\n"
 
@@ -205,7 +195,7 @@ def test_foreign_outputs_are_not_overwritten(tiny_models, tmp_path, capsys):
 def test_bad_input_is_one_clear_line(tiny_models, tmp_path, capsys, content, message):
     bad = tmp_path / "bad.fa"
     bad.write_text(content)
-    assert main(_args(tiny_models, [bad], tmp_path / "out")) == 1
+    assert main(predict_args(tiny_models, [bad], tmp_path / "out")) == 1
     err = capsys.readouterr().err
     assert message in err and "bad.fa" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -222,7 +212,7 @@ def test_missing_model_offline_fails_at_once(tmp_path, capsys):
 
 def test_save_embeddings(tiny_models, tmp_path):
     out = tmp_path / "out"
-    assert main(_args(tiny_models, [EXAMPLE], out, "--save-embeddings")) == 0
+    assert main(predict_args(tiny_models, [EXAMPLE], out, "--save-embeddings")) == 0
     files = sorted((out / "embeddings").glob("*.npz"))
     assert files
     with np.load(files[0]) as z:
@@ -239,10 +229,10 @@ def test_resume_after_sigkill_is_byte_identical(tiny_models, tmp_path, kill_afte
     inp = orf_rich_fasta(tmp_path / "in.fa", 60)
     common = ("--device", "cpu", "--threads", "1", "--unit-frames", "4")
     ref = tmp_path / "ref"
-    assert main(_args(tiny_models, [inp], ref, *common)) == 0
+    assert main(predict_args(tiny_models, [inp], ref, *common)) == 0
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "virnucpro", *_args(tiny_models, [inp], out, *common)]
+    cmd = [sys.executable, "-m", "virnucpro", *predict_args(tiny_models, [inp], out, *common)]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -255,8 +245,8 @@ def test_resume_after_sigkill_is_byte_identical(tiny_models, tmp_path, kill_afte
     proc.wait()
     assert not (out / "run.json").exists()
     done = _state_units(out)
-    assert main(_args(tiny_models, [inp], out, *common)) == 0
-    assert _results(out) == _results(ref)
+    assert main(predict_args(tiny_models, [inp], out, *common)) == 0
+    assert predict_results(out) == predict_results(ref)
     run = json.loads((out / "run.json").read_text())
     assert run["timing"]["frames_scored_this_run"] <= run["counts"]["frames"]
     if done:
@@ -268,11 +258,11 @@ def test_highest_score_sort_spills_and_merges_identically(tiny_models, tmp_path,
     import virnucpro.outputs
 
     inp = orf_rich_fasta(tmp_path / "in.fa", 30)
-    assert main(_args(tiny_models, [inp], tmp_path / "whole")) == 0
+    assert main(predict_args(tiny_models, [inp], tmp_path / "whole")) == 0
     monkeypatch.setattr(virnucpro.outputs, "_SORT_RUN_ROWS", 3)
     monkeypatch.setattr(virnucpro.outputs, "_MERGE_FAN_IN", 2)
-    assert main(_args(tiny_models, [inp], tmp_path / "spilled")) == 0
-    assert _results(tmp_path / "spilled") == _results(tmp_path / "whole")
+    assert main(predict_args(tiny_models, [inp], tmp_path / "spilled")) == 0
+    assert predict_results(tmp_path / "spilled") == predict_results(tmp_path / "whole")
     rows = _table(tmp_path / "spilled" / "prediction_results_highestscore.csv")[1:]
     assert len(rows) > 3 * 2 * 2, "enough rows for several spills and two merge levels"
     assert not list((tmp_path / "spilled").rglob("highest_*.tsv"))

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import orf_rich_fasta
+from conftest import orf_rich_fasta, predict_args, predict_results
 
 from virnucpro.cli import main
 from virnucpro.outputs import predict_paths
@@ -20,19 +20,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),  # Ray's own settings
 ]
 
-RESULT_FILES = ("predictions", "highest", "sequences", "chunks", "viral")
 COMMON = ("--device", "cpu", "--threads", "1", "--unit-frames", "3", "--threshold", "0.3")
 
 
-def _args(models, inputs, out, *extra: str) -> list[str]:
-    return ["predict", *map(str, inputs), "-o", str(out), "--dnabert", str(models.dnabert_dir),
-            "--esm", str(models.esm_dir), "-p", str(models.classifier_path), "--offline",
-            "--no-progress", "-q", *extra]
-
-
-def _results(out: Path) -> dict[str, bytes]:
-    paths = predict_paths(out)
-    return {role: paths[role].read_bytes() for role in RESULT_FILES}
 
 
 def _ray_pids() -> set[int]:
@@ -64,7 +54,7 @@ def workdir(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("ray")
     inp = orf_rich_fasta(root / "in.fa", 16)
     local = root / "local"
-    assert main(_args(tiny_models, [inp], local, *COMMON)) == 0
+    assert main(predict_args(tiny_models, [inp], local, *COMMON)) == 0
     return {"input": inp, "local": local}
 
 
@@ -74,10 +64,10 @@ def test_engine_starts_and_stops_its_own_local_ray(tiny_models, workdir, tmp_pat
     assert not ray.is_initialized()
     before = _ray_pids()
     out = tmp_path / "out"
-    assert main(_args(tiny_models, [workdir["input"]], out, *COMMON, "--engine", "ray")) == 0
+    assert main(predict_args(tiny_models, [workdir["input"]], out, *COMMON, "--engine", "ray")) == 0
     assert not ray.is_initialized()
     _assert_no_new_ray_processes(before)
-    assert _results(out) == _results(workdir["local"])
+    assert predict_results(out) == predict_results(workdir["local"])
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["engine"] == "ray"
     assert run["fingerprint"] == json.loads((workdir["local"] / "run.json").read_text())[
@@ -103,10 +93,10 @@ def local_ray():
 def test_two_cpu_actors_write_what_the_local_engine_writes(tiny_models, workdir, local_ray,
                                                            tmp_path):
     out = tmp_path / "out"
-    assert main(_args(tiny_models, [workdir["input"]], out, *COMMON, "--engine", "ray",
+    assert main(predict_args(tiny_models, [workdir["input"]], out, *COMMON, "--engine", "ray",
                       "--workers", "2")) == 0
     assert local_ray.is_initialized()  # the caller's Ray is left running
-    assert _results(out) == _results(workdir["local"])
+    assert predict_results(out) == predict_results(workdir["local"])
     run = json.loads((out / "run.json").read_text())
     assert run["timing"]["frames_scored_this_run"] == run["counts"]["frames"]
     assert {"dnabert", "esm", "classifier", "read_and_translate"} <= set(run["timing"]["stages"])
@@ -115,10 +105,11 @@ def test_two_cpu_actors_write_what_the_local_engine_writes(tiny_models, workdir,
 def test_a_ray_shard_merges_with_a_local_shard(tiny_models, workdir, local_ray, tmp_path):
     s1, s2, merged = tmp_path / "s1", tmp_path / "s2", tmp_path / "merged"
     inp = workdir["input"]
-    assert main(_args(tiny_models, [inp], s1, *COMMON, "--shard", "1/2", "--engine", "ray")) == 0
-    assert main(_args(tiny_models, [inp], s2, *COMMON, "--shard", "2/2")) == 0
+    assert main(predict_args(tiny_models, [inp], s1, *COMMON, "--shard", "1/2",
+                             "--engine", "ray")) == 0
+    assert main(predict_args(tiny_models, [inp], s2, *COMMON, "--shard", "2/2")) == 0
     assert main(["merge", str(s1), str(s2), "-o", str(merged), "-q"]) == 0
-    assert _results(merged) == _results(workdir["local"])
+    assert predict_results(merged) == predict_results(workdir["local"])
 
 
 def test_ray_resumes_an_unfinished_run(tiny_models, workdir, local_ray, tmp_path):
@@ -126,7 +117,7 @@ def test_ray_resumes_an_unfinished_run(tiny_models, workdir, local_ray, tmp_path
     (as a SIGKILL leaves it), then let the Ray engine finish it."""
     out = tmp_path / "out"
     inp = workdir["input"]
-    assert main(_args(tiny_models, [inp], out, *COMMON, "--shard", "1/1")) == 0
+    assert main(predict_args(tiny_models, [inp], out, *COMMON, "--shard", "1/1")) == 0
     fingerprint = json.loads((out / "run.json").read_text())["fingerprint"]
     for p in [*predict_paths(out).values(), out / "shard.json"]:
         p.unlink(missing_ok=True)
@@ -136,9 +127,9 @@ def test_ray_resumes_an_unfinished_run(tiny_models, workdir, local_ray, tmp_path
     (out / ".virnucpro").mkdir()
     (out / ".virnucpro" / "state.json").write_text(json.dumps({"fingerprint": fingerprint}))
 
-    assert main(_args(tiny_models, [inp], out, *COMMON, "--shard", "1/1", "--engine",
+    assert main(predict_args(tiny_models, [inp], out, *COMMON, "--shard", "1/1", "--engine",
                       "ray")) == 0
-    assert _results(out) == _results(workdir["local"])
+    assert predict_results(out) == predict_results(workdir["local"])
     run = json.loads((out / "run.json").read_text())
     assert 0 < run["timing"]["frames_scored_this_run"] < run["counts"]["frames"]
 
@@ -147,10 +138,10 @@ def test_errors_in_ray_tasks_are_one_line(tiny_models, local_ray, tmp_path, caps
     bad = tmp_path / "bad.fa"
     bad.write_text(">p1\nMKVLLAEFQW\n")
     capsys.readouterr()
-    assert main(_args(tiny_models, [bad], tmp_path / "out", "--engine", "ray")) == 1
+    assert main(predict_args(tiny_models, [bad], tmp_path / "out", "--engine", "ray")) == 1
     err = capsys.readouterr().err
     assert "invalid character" in err and "bad.fa" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
-    assert main(_args(tiny_models, ["-"], tmp_path / "out2", "--engine", "ray")) == 1
+    assert main(predict_args(tiny_models, ["-"], tmp_path / "out2", "--engine", "ray")) == 1
     assert "--engine ray cannot read stdin" in capsys.readouterr().err

@@ -14,25 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import orf_rich_fasta
+from conftest import orf_rich_fasta, predict_args, predict_results
 
 from virnucpro.cli import main
 from virnucpro.outputs import predict_paths
 from virnucpro.shards import Balancer, parse_shard, shard_paths
 
-RESULT_FILES = ("predictions", "highest", "sequences", "chunks", "viral")
 COMMON = ("--device", "cpu", "--threads", "1", "--unit-frames", "3", "--threshold", "0.3")
 
 
-def _args(models, inputs, out, *extra: str) -> list[str]:
-    return ["predict", *map(str, inputs), "-o", str(out), "--dnabert", str(models.dnabert_dir),
-            "--esm", str(models.esm_dir), "-p", str(models.classifier_path), "--offline",
-            "--no-progress", "-q", *extra]
-
-
-def _results(out: Path) -> dict[str, bytes]:
-    paths = predict_paths(out)
-    return {role: paths[role].read_bytes() for role in RESULT_FILES}
 
 
 def _rows(path: Path) -> list[str]:
@@ -53,12 +43,12 @@ def runs(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     inp = _input(root / "in.fa")
     single = root / "single"
-    assert main(_args(tiny_models, [inp], single, *COMMON)) == 0
+    assert main(predict_args(tiny_models, [inp], single, *COMMON)) == 0
     shards = {}
     for n in range(1, 5):
         shards[n] = [root / f"n{n}" / f"s{i}" for i in range(1, n + 1)]
         for i, out in enumerate(shards[n], 1):
-            assert main(_args(tiny_models, [inp], out, *COMMON, "--shard", f"{i}/{n}")) == 0
+            assert main(predict_args(tiny_models, [inp], out, *COMMON, "--shard", f"{i}/{n}")) == 0
     return {"input": inp, "single": single, "shards": shards, "root": root}
 
 
@@ -118,7 +108,7 @@ def test_shards_cover_every_unit_once_and_merge_to_the_single_run(runs, tmp_path
 
     merged = tmp_path / "merged"
     assert main(["merge", *map(str, reversed(shards)), "-o", str(merged), "-q"]) == 0
-    assert _results(merged) == _results(single)
+    assert predict_results(merged) == predict_results(single)
     run, ref = (json.loads((d / "run.json").read_text()) for d in (merged, single))
     assert run["fingerprint"] == ref["fingerprint"] == infos[0]["run_fingerprint"]
     assert run["counts"] == ref["counts"] and run["params"] == ref["params"]
@@ -129,16 +119,16 @@ def test_shards_cover_every_unit_once_and_merge_to_the_single_run(runs, tmp_path
 def test_a_shard_on_two_worker_processes_writes_the_same(runs, tiny_models, tmp_path):
     """Results arrive out of order from processes, and a shard's unit indexes have gaps."""
     out = tmp_path / "s1"
-    assert main(_args(tiny_models, [runs["input"]], out, *COMMON, "--shard", "1/2",
+    assert main(predict_args(tiny_models, [runs["input"]], out, *COMMON, "--shard", "1/2",
                       "--workers", "2")) == 0
-    assert _results(out) == _results(runs["shards"][2][0])
+    assert predict_results(out) == predict_results(runs["shards"][2][0])
 
 
 def test_merged_directory_is_a_finished_single_run(runs, tiny_models, tmp_path):
     merged = tmp_path / "merged"
     assert main(["merge", *map(str, runs["shards"][2]), "-o", str(merged), "-q"]) == 0
     before = {p: p.stat().st_mtime_ns for p in predict_paths(merged).values()}
-    assert main(_args(tiny_models, [runs["input"]], merged, *COMMON)) == 0
+    assert main(predict_args(tiny_models, [runs["input"]], merged, *COMMON)) == 0
     assert {p: p.stat().st_mtime_ns for p in predict_paths(merged).values()} == before
 
 
@@ -146,16 +136,16 @@ def test_embeddings_merge_like_a_single_run(tiny_models, tmp_path):
     inp = _input(tmp_path / "in.fa", 12)
     single = tmp_path / "single"
     extra = (*COMMON, "--save-embeddings")
-    assert main(_args(tiny_models, [inp], single, *extra)) == 0
+    assert main(predict_args(tiny_models, [inp], single, *extra)) == 0
     shards = [tmp_path / "s1", tmp_path / "s2"]
     for i, out in enumerate(shards, 1):
-        assert main(_args(tiny_models, [inp], out, *extra, "--shard", f"{i}/2")) == 0
+        assert main(predict_args(tiny_models, [inp], out, *extra, "--shard", f"{i}/2")) == 0
         assert not (out / "embeddings").exists()  # a shard keeps its features in units/
         with np.load(next((out / "units").glob("*.npz"))) as z:
             assert z["features"].shape == (len(z["frame_ids"]), 64)
     merged = tmp_path / "merged"
     assert main(["merge", *map(str, shards), "-o", str(merged), "-q"]) == 0
-    assert _results(merged) == _results(single)
+    assert predict_results(merged) == predict_results(single)
     names = sorted(p.name for p in (single / "embeddings").glob("*.npz"))
     assert names and sorted(p.name for p in (merged / "embeddings").glob("*.npz")) == names
     for name in names:
@@ -185,7 +175,7 @@ def test_incomplete_or_mixed_shards_are_refused(runs, tiny_models, tmp_path, cap
              "not a shard output", str(runs["single"]))
 
     other = tmp_path / "other"  # same input, another threshold: another run
-    assert main(_args(tiny_models, [runs["input"]], other, *COMMON, "--threshold", "0.5",
+    assert main(predict_args(tiny_models, [runs["input"]], other, *COMMON, "--threshold", "0.5",
                       "--shard", "2/2")) == 0
     _refused(capsys, ["merge", str(s2[0]), str(other), "-o", out],
              "shards of different runs", "threshold 0.3 vs 0.5")
@@ -207,7 +197,7 @@ def test_changed_input_is_refused(tiny_models, tmp_path, capsys):
     inp = _input(tmp_path / "in.fa", 6)
     shards = [tmp_path / "s1", tmp_path / "s2"]
     for i, out in enumerate(shards, 1):
-        assert main(_args(tiny_models, [inp], out, *COMMON, "--shard", f"{i}/2")) == 0
+        assert main(predict_args(tiny_models, [inp], out, *COMMON, "--shard", f"{i}/2")) == 0
     inp.write_text(inp.read_text().replace("seq0 ", "seqX "))
     _refused(capsys, ["merge", *map(str, shards), "-o", str(tmp_path / "m")],
              str(inp), "missing or has changed")
@@ -225,34 +215,34 @@ def test_merge_output_rules(runs, tmp_path, capsys):
     _refused(capsys, ["merge", *s2, "-o", str(out)], "already holds sequences.tsv", "--force")
     assert (out / "sequences.tsv").read_text() == "mine\n"
     assert main(["merge", *s2, "-o", str(out), "--force", "-q"]) == 0
-    assert _results(out) == _results(runs["single"])
+    assert predict_results(out) == predict_results(runs["single"])
 
 
 def test_shard_option_rules(tiny_models, tmp_path, capsys):
     for bad in ("0/2", "3/2", "x"):
-        assert main(_args(tiny_models, ["in.fa"], tmp_path / "o", "--shard", bad)) == 2
+        assert main(predict_args(tiny_models, ["in.fa"], tmp_path / "o", "--shard", bad)) == 2
         assert "--shard" in capsys.readouterr().err
-    _refused(capsys, _args(tiny_models, ["-"], tmp_path / "o", "--shard", "1/2"),
+    _refused(capsys, predict_args(tiny_models, ["-"], tmp_path / "o", "--shard", "1/2"),
              "--shard cannot read stdin")
 
 
 def test_force_turns_a_shard_directory_into_a_single_run(runs, tiny_models, tmp_path):
     out = tmp_path / "s"
     shutil.copytree(runs["shards"][2][0], out)
-    assert main(_args(tiny_models, [runs["input"]], out, *COMMON, "--force")) == 0
+    assert main(predict_args(tiny_models, [runs["input"]], out, *COMMON, "--force")) == 0
     assert not any(p.exists() for p in shard_paths(out).values())
-    assert _results(out) == _results(runs["single"])
+    assert predict_results(out) == predict_results(runs["single"])
 
 
 def test_killed_shard_resumes_and_merges_byte_identical(tiny_models, tmp_path):
     inp = orf_rich_fasta(tmp_path / "in.fa", 60)
     common = ("--device", "cpu", "--threads", "1", "--unit-frames", "4")
     single, s1, s2 = tmp_path / "single", tmp_path / "s1", tmp_path / "s2"
-    assert main(_args(tiny_models, [inp], single, *common)) == 0
-    assert main(_args(tiny_models, [inp], s2, *common, "--shard", "2/2")) == 0
+    assert main(predict_args(tiny_models, [inp], single, *common)) == 0
+    assert main(predict_args(tiny_models, [inp], s2, *common, "--shard", "2/2")) == 0
 
     cmd = [sys.executable, "-m", "virnucpro",
-           *_args(tiny_models, [inp], s1, *common, "--shard", "1/2")]
+           *predict_args(tiny_models, [inp], s1, *common, "--shard", "1/2")]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -264,9 +254,9 @@ def test_killed_shard_resumes_and_merges_byte_identical(tiny_models, tmp_path):
     proc.wait()
     assert not (s1 / "run.json").exists() and not (s1 / "shard.json").exists()
 
-    assert main(_args(tiny_models, [inp], s1, *common, "--shard", "1/2")) == 0
+    assert main(predict_args(tiny_models, [inp], s1, *common, "--shard", "1/2")) == 0
     run = json.loads((s1 / "run.json").read_text())
     assert run["timing"]["frames_scored_this_run"] < run["counts"]["frames"]
     merged = tmp_path / "merged"
     assert main(["merge", str(s1), str(s2), "-o", str(merged), "-q"]) == 0
-    assert _results(merged) == _results(single)
+    assert predict_results(merged) == predict_results(single)
