@@ -347,17 +347,9 @@ def esm_to(model: Any, dtype: torch.dtype) -> Any:
 
 def write_esm_dir(model: Any, out_dir: Path) -> Path:
     """An HF ESM-2 directory (config.json, model.safetensors, vocab + tokenizer files)."""
-    from transformers import EsmTokenizer
+    from virnucpro.testing import write_esm_dir as write
 
-    from virnucpro.esm import ESM_VOCAB, _quiet_transformers
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _quiet_transformers():
-        model.save_pretrained(out_dir, safe_serialization=True)
-    vocab = out_dir / "vocab.txt"
-    vocab.write_text("\n".join(ESM_VOCAB) + "\n", encoding="utf-8")
-    EsmTokenizer(vocab_file=str(vocab)).save_pretrained(out_dir)
-    return out_dir
+    return write(model, out_dir)
 
 
 def fair_esm_checkpoint(shape: Shape, path: Path, seed: int = 0) -> tuple[Any, Any]:

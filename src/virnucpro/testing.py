@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,9 @@ def make_tiny_esm(out_dir: Path, seed: int = 0) -> Path:
     4 heads and random weights large enough that every one of them matters.
     """
     import torch
-    from transformers import EsmConfig, EsmModel, EsmTokenizer
+    from transformers import EsmConfig, EsmModel
 
-    from virnucpro.esm import ESM_VOCAB, _quiet_transformers
+    from virnucpro.esm import ESM_VOCAB
 
     out_dir = Path(out_dir)
     config = EsmConfig(
@@ -105,6 +106,15 @@ def make_tiny_esm(out_dir: Path, seed: int = 0) -> Path:
             for name, param in module.named_parameters(recurse=False):
                 centre = 1.0 if isinstance(module, torch.nn.LayerNorm) and name == "weight" else 0.0
                 param.copy_(centre + 0.3 * torch.randn(param.shape, generator=gen))
+    return write_esm_dir(model, out_dir)
+
+
+def write_esm_dir(model: Any, out_dir: Path) -> Path:
+    """Save an `EsmModel` as an HF ESM-2 directory (config, safetensors, vocab, tokenizer)."""
+    from transformers import EsmTokenizer
+
+    from virnucpro.esm import ESM_VOCAB, _quiet_transformers
+
     out_dir.mkdir(parents=True, exist_ok=True)
     with _quiet_transformers():
         model.save_pretrained(out_dir, safe_serialization=True)
