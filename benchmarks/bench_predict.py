@@ -36,6 +36,7 @@ import common as C
 import torch
 
 TARGETS = {"dnabert_mfu": 0.70, "esm_mfu": 0.60, "forward_share": 0.85, "speedup": 1.25}
+NOISE_CORES = 0.15  # other processes' average CPU use above which a phase is flagged
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -262,6 +263,14 @@ def report(r: dict[str, Any]) -> None:
               f"{a['centered_min_cosine']:.7f}, max |diff| {a['max_abs_diff']:.2e}")
     if "bf16" in r:
         report_bf16(r)
+    print("== other load on these cores during each phase (cores; should be ~0) ==")
+    print("  " + "; ".join(f"{k}: other processes {v['other_cores']:.2f}, hypervisor steal "
+                           f"{v['steal_cores']:.2f}" for k, v in r["other_load"].items()))
+    noisy = [k for k, v in r["other_load"].items()
+             if v["other_cores"] + v["steal_cores"] > NOISE_CORES]
+    if noisy:
+        print(f"  WARNING: other work competed for the CPU during {', '.join(noisy)}: those "
+              "figures (and any ratio built on them) are NOT reliable; rerun on a quiet machine")
     print("== targets ==")
     for name, value in r["targets"].items():
         print(f"  {name:16s} {value['value']:.3f}  target >= {value['target']}  "
@@ -352,12 +361,21 @@ def main(argv: list[str] | None = None) -> int:
         fasta, frames = workload(n_frames, work, args.seed)
         r["frames"] = len(frames)
         print(f"[bench_predict] {len(frames)} frames; models in {work}", file=sys.stderr)
-        r["models"] = measure_models(m, frames, peak)
-        r["e2e"] = measure_e2e(m, fasta, work / "predict", torch.get_num_threads())
-        r["baseline"] = {"dnabert": baseline_dnabert(m, frames, peak),
-                         "esm": baseline_esm(m, frames, peak)}
+        r["other_load"] = {}
+        with C.OtherLoad() as load:
+            r["models"] = measure_models(m, frames, peak)
+        r["other_load"]["models"] = load.as_dict()
+        with C.OtherLoad() as load:
+            r["e2e"] = measure_e2e(m, fasta, work / "predict", torch.get_num_threads())
+        r["other_load"]["e2e"] = load.as_dict()
+        with C.OtherLoad() as load:
+            r["baseline"] = {"dnabert": baseline_dnabert(m, frames, peak),
+                             "esm": baseline_esm(m, frames, peak)}
+        r["other_load"]["baseline"] = load.as_dict()
         if not args.no_bf16:
-            r["bf16"] = measure_bf16(m, frames, fasta, work, r)
+            with C.OtherLoad() as load:
+                r["bf16"] = measure_bf16(m, frames, fasta, work, r)
+            r["other_load"]["bf16"] = load.as_dict()
     summarise(r)
     r["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     report(r)
