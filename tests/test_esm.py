@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import random
 import warnings
 from pathlib import Path
@@ -83,6 +84,24 @@ def test_batched_equals_one_at_a_time_and_slow_reference(tiny):
     assert (batched - singles).abs().max() <= 1e-5
     assert (batched - slow).abs().max() <= 1e-5
     assert embed_esm(model, []).shape == (0, 32)
+
+
+def test_fused_gelu_equals_transformers_own_layers(tiny):
+    from transformers import EsmModel
+
+    model, tokenizer = tiny
+    plain = EsmModel.from_pretrained(model.name_or_path, add_pooling_layer=False,
+                                     attn_implementation="sdpa").eval()
+    assert type(plain.encoder.layer[0].intermediate).__name__ == "EsmIntermediate"
+    assert all(type(layer.intermediate).__name__ == "_ErfGeluIntermediate"
+               for layer in model.encoder.layer)
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    ids = tokenize_protein(tokenizer, _proteins([9, 70, 31], seed=4))
+    ours, theirs = embed_esm(model, ids), embed_esm(plain, ids)
+    assert (ours - theirs).abs().max() <= 1e-6
+    x = torch.linspace(-6, 6, 10001)  # the two GELUs, value by value
+    spelled_out = x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    assert (torch.nn.functional.gelu(x) - spelled_out).abs().max() <= 1e-6
 
 
 def test_pooling_covers_at_most_1024_residues(tiny):
