@@ -1,0 +1,81 @@
+"""oneDNN fp32 linears: same products as nn.Linear, same parameters, used by CPU workers."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+from torch import nn
+
+import virnucpro.onednn as onednn
+from virnucpro.dnabert import embed_dnabert, load_dnabert
+from virnucpro.esm import embed_esm, load_esm
+from virnucpro.onednn import OneDnnLinear, onednn_linear_works, use_onednn_linears
+from virnucpro.worker import WorkerConfig, load_models
+
+needs_onednn = pytest.mark.skipif(not onednn_linear_works(),
+                                  reason="no oneDNN linear op on this machine")
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(0, 96), (7, 96), (4, 33, 96)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_equals_nn_linear(shape, bias):
+    torch.manual_seed(0)
+    ref = nn.Linear(96, 200, bias=bias)
+    model = nn.Sequential(ref)
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        expected = ref(x)
+        assert use_onednn_linears(model) == 1
+        got = model(x)
+    assert type(model[0]) is OneDnnLinear and model[0].weight is ref.weight
+    assert got.shape == expected.shape == (*shape[:-1], 200)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@needs_onednn
+def test_swap_keeps_names_and_skips_non_fp32(tiny_models):
+    model = load_dnabert(tiny_models.dnabert_dir)
+    keys = model.state_dict().keys()
+    n_linear = sum(type(m) is nn.Linear for m in model.modules())
+    assert n_linear > 0 and use_onednn_linears(model) == n_linear
+    assert model.state_dict().keys() == keys
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert not any(p.requires_grad for p in model.parameters())
+    half = load_dnabert(tiny_models.dnabert_dir, dtype=torch.bfloat16)
+    assert use_onednn_linears(half) == 0  # bf16 already goes to oneDNN through F.linear
+
+
+@needs_onednn
+def test_models_give_the_same_embeddings_through_onednn(tiny_models):
+    dna_ids = [[1, *range(5, 5 + n), 2] for n in (3, 40, 17)]
+    prot_ids = [[0, *([5, 9, 13, 20] * n), 2] for n in (1, 12, 30)]
+    plain_dna, fast_dna = (load_dnabert(tiny_models.dnabert_dir) for _ in range(2))
+    (plain_esm, _), (fast_esm, _) = (load_esm(tiny_models.esm_dir) for _ in range(2))
+    assert use_onednn_linears(fast_dna) > 0 and use_onednn_linears(fast_esm) > 0
+    dna_diff = embed_dnabert(fast_dna, dna_ids) - embed_dnabert(plain_dna, dna_ids)
+    esm_diff = embed_esm(fast_esm, prot_ids) - embed_esm(plain_esm, prot_ids)
+    assert dna_diff.abs().max() <= 1e-5 and esm_diff.abs().max() <= 1e-5
+
+
+def test_cpu_worker_uses_onednn_where_it_works(tiny_models):
+    cfg = WorkerConfig(dnabert_dir=str(tiny_models.dnabert_dir), esm_dir=str(tiny_models.esm_dir),
+                       classifier_path=None, device="cpu", dtype="float32", dnabert_budget=512,
+                       esm_budget=512, threads=1)
+    models = load_models(cfg)
+    kinds = {type(m) for net in (models.dnabert, models.esm) for m in net.modules()}
+    if onednn_linear_works():
+        assert OneDnnLinear in kinds and nn.Linear not in kinds
+    else:
+        assert OneDnnLinear not in kinds and nn.Linear in kinds
+
+
+def test_other_machines_keep_nn_linear(monkeypatch):
+    monkeypatch.setattr(onednn, "_WORKS", [])
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    model = nn.Sequential(nn.Linear(8, 8))
+    assert not onednn_linear_works()
+    assert use_onednn_linears(model) == 0 and type(model[0]) is nn.Linear
+    assert model[0].weight.requires_grad
