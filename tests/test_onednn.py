@@ -11,7 +11,7 @@ from torch import nn
 import virnucpro.onednn as onednn
 from virnucpro.dnabert import embed_dnabert, load_dnabert
 from virnucpro.esm import embed_esm, load_esm
-from virnucpro.onednn import OneDnnLinear, onednn_linear_works, use_onednn_linears
+from virnucpro.onednn import OneDnnLinear, onednn_linear_works, row_blocks, use_onednn_linears
 from virnucpro.worker import WorkerConfig, load_models
 
 needs_onednn = pytest.mark.skipif(not onednn_linear_works(),
@@ -19,7 +19,7 @@ needs_onednn = pytest.mark.skipif(not onednn_linear_works(),
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape", [(0, 96), (7, 96), (4, 33, 96)])
+@pytest.mark.parametrize("shape", [(0, 96), (7, 96), (4, 33, 96), (3, 250, 96)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_onednn_linear_equals_nn_linear(shape, bias):
     torch.manual_seed(0)
@@ -35,8 +35,19 @@ def test_onednn_linear_equals_nn_linear(shape, bias):
     assert torch.allclose(got, expected, rtol=0, atol=1e-5)
 
 
+def test_row_blocks_cover_every_row_with_few_shapes():
+    padded_sizes = set()
+    for n in range(0, 3000):
+        blocks = row_blocks(n)
+        assert [b[0] for b in blocks] == list(range(0, n, 256))
+        assert sum(b[1] for b in blocks) == n
+        assert all(rows <= padded < rows + 32 and padded % 32 == 0 for _, rows, padded in blocks)
+        padded_sizes |= {padded for _, _, padded in blocks}
+    assert padded_sizes == {32, 64, 96, 128, 160, 192, 224, 256}
+
+
 @needs_onednn
-def test_swap_keeps_names_and_skips_non_fp32(tiny_models):
+def test_swap_keeps_names_and_freezes(tiny_models):
     model = load_dnabert(tiny_models.dnabert_dir)
     keys = model.state_dict().keys()
     n_linear = sum(type(m) is nn.Linear for m in model.modules())
@@ -44,8 +55,9 @@ def test_swap_keeps_names_and_skips_non_fp32(tiny_models):
     assert model.state_dict().keys() == keys
     assert not any(type(m) is nn.Linear for m in model.modules())
     assert not any(p.requires_grad for p in model.parameters())
+    assert not torch.backends.mkldnn.enabled  # no implicit, per-shape cached oneDNN kernels
     half = load_dnabert(tiny_models.dnabert_dir, dtype=torch.bfloat16)
-    assert use_onednn_linears(half) == 0  # bf16 already goes to oneDNN through F.linear
+    assert use_onednn_linears(half) == (n_linear if onednn_linear_works(torch.bfloat16) else 0)
 
 
 @needs_onednn
@@ -73,7 +85,7 @@ def test_cpu_worker_uses_onednn_where_it_works(tiny_models):
 
 
 def test_other_machines_keep_nn_linear(monkeypatch):
-    monkeypatch.setattr(onednn, "_WORKS", [])
+    monkeypatch.setattr(onednn, "_WORKS", {})
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     model = nn.Sequential(nn.Linear(8, 8))
     assert not onednn_linear_works()

@@ -1,10 +1,20 @@
-"""fp32 linear layers through oneDNN on x86 CPUs: the same products, often twice as fast.
+"""CPU linear layers through oneDNN, in blocks of a few fixed shapes: same products, faster.
 
 PyTorch sends an fp32 `nn.Linear` on the CPU to its BLAS, which is MKL in the official
 wheels. On AMD CPUs MKL takes a generic path: on the Zen 5 machine of our benchmarks it
-reaches ~205 GFLOP/s on two cores where oneDNN, the kernel library PyTorch also ships (and
-that `torch.compile` uses for CPU linears), reaches ~430 GFLOP/s for the same fp32 product.
+reaches ~210 GFLOP/s on two cores where oneDNN, the kernel library PyTorch also ships (and
+that `torch.compile` uses for CPU linears), reaches ~450 GFLOP/s for the same fp32 product.
 Both are IEEE fp32 with fp32 accumulation; results differ only by summation order (~1e-6).
+bf16 linears already go to oneDNN; they get the same treatment for the reason below.
+
+oneDNN compiles and caches a kernel, with buffers of its own, for every input shape it
+meets, and keeps up to 1024 of them: a few MiB each, so batches of ever-new sizes would grow
+memory by gigabytes. Rows therefore go through in blocks of _BLOCK_ROWS, the last one padded
+to a multiple of _ALIGN_ROWS: at most 8 shapes per layer shape, whatever the input (256-row
+blocks run as fast as whole batches here, faster for wide outputs). For the same reason a
+CPU worker switches off PyTorch's implicit use of oneDNN (`torch.backends.mkldnn.enabled`),
+which would otherwise run, e.g., every fp32 GELU through a per-shape cached oneDNN kernel;
+PyTorch's own GELU kernel is also the faster one here.
 
 Only the kernel changes: weights, names and state dicts stay those of `nn.Linear`. Models
 here are for inference only (oneDNN's op has no gradient), so their weights are frozen.
@@ -18,58 +28,88 @@ import torch
 from torch import nn
 
 _X86 = ("x86_64", "amd64", "i686", "x86")
-_WORKS: list[bool] = []
+_BLOCK_ROWS = 256
+_ALIGN_ROWS = 32
+_WORKS: dict[torch.dtype, bool] = {}
 
 
 class OneDnnLinear(nn.Linear):
-    """`nn.Linear` computed by oneDNN's fp32 matmul (the op behind inductor's CPU linears)."""
+    """`nn.Linear` computed by oneDNN's matmul (the op behind inductor's CPU linears), in row
+    blocks of at most 8 distinct shapes."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        rows = x.reshape(-1, self.in_features)  # [M, K]
+        out = rows.new_empty((rows.shape[0], self.out_features))  # [M, N]
+        for start, n, padded in row_blocks(rows.shape[0]):
+            block = rows[start:start + n]
+            if padded > n:
+                block = nn.functional.pad(block, (0, 0, 0, padded - n))
+            product = torch.ops.mkldnn._linear_pointwise(block, self.weight, self.bias, "none",
+                                                         [], "")
+            out[start:start + n] = product[:n]
+        return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def onednn_linear_works() -> bool:
-    """Whether this machine should use oneDNN for fp32 linears: an x86 CPU, a PyTorch built
-    with oneDNN, and its linear op present and agreeing with `F.linear` on a small product.
+def row_blocks(n_rows: int) -> list[tuple[int, int, int]]:
+    """`(start, rows, padded rows)` of each block: _BLOCK_ROWS rows each, the last padded up
+    to a multiple of _ALIGN_ROWS, so padded sizes take at most 8 values."""
+    blocks = []
+    for start in range(0, n_rows, _BLOCK_ROWS):
+        n = min(_BLOCK_ROWS, n_rows - start)
+        blocks.append((start, n, n + -n % _ALIGN_ROWS))
+    return blocks
 
-    Checked once per process. On other CPUs (ARM) PyTorch's oneDNN build differs, and the
-    default path is kept.
+
+def onednn_linear_works(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether CPU linears in `dtype` should go through oneDNN here: an x86 CPU, a PyTorch
+    built with oneDNN, and its linear op present and agreeing with `F.linear` on a small
+    product in that dtype.
+
+    Checked once per process and dtype. On other CPUs (ARM) PyTorch's oneDNN build differs,
+    and the default path is kept.
     """
-    if not _WORKS:
-        _WORKS.append(_check())
-    return _WORKS[0]
+    if dtype not in _WORKS:
+        _WORKS[dtype] = _check(dtype)
+    return _WORKS[dtype]
 
 
-def _check() -> bool:
+def _check(dtype: torch.dtype) -> bool:
     if platform.machine().lower() not in _X86 or not torch.backends.mkldnn.is_available():
         return False
     gen = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*shape, generator=gen) for shape in ((3, 5, 64), (48, 64), (48,)))
+    expected = nn.functional.linear(x, w, b)
     try:
         with torch.inference_mode():
-            got = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-    except (AttributeError, RuntimeError):  # op missing or renamed in this PyTorch
+            got = torch.ops.mkldnn._linear_pointwise(x.to(dtype), w.to(dtype), b.to(dtype),
+                                                     "none", [], "")
+    except (AttributeError, RuntimeError):  # op missing or renamed, or dtype unsupported
         return False
-    return got.shape == (3, 5, 48) and torch.allclose(got, nn.functional.linear(x, w, b),
-                                                      rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 0.1
+    return got.shape == (3, 5, 48) and torch.allclose(got.float(), expected, rtol=tol, atol=tol)
 
 
-def use_onednn_linears(model: nn.Module) -> int:
-    """Run every fp32 CPU `nn.Linear` of `model` through oneDNN, in place; returns how many.
+def use_onednn_linears(*models: nn.Module) -> int:
+    """Run the CPU `nn.Linear` layers of `models` through oneDNN, in place; returns how many.
 
-    Does nothing where `onednn_linear_works()` is false. The model's weights are frozen
-    (`requires_grad=False`), as the new layers are inference-only.
+    Layers whose dtype fails `onednn_linear_works` keep their kernel. When any layer was
+    moved, PyTorch's implicit oneDNN use is switched off for the whole process (see the
+    module note); the models' weights are frozen (`requires_grad=False`).
     """
-    if not onednn_linear_works():
-        return 0
     swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if (type(child) is nn.Linear and child.weight.dtype == torch.float32
-                    and child.weight.device.type == "cpu"):
-                setattr(parent, name, _as_onednn(child))
-                swapped += 1
-    model.requires_grad_(False)
+    for model in models:
+        moved = 0
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if (type(child) is nn.Linear and child.weight.device.type == "cpu"
+                        and onednn_linear_works(child.weight.dtype)):
+                    setattr(parent, name, _as_onednn(child))
+                    moved += 1
+        if moved:
+            model.requires_grad_(False)
+        swapped += moved
+    if swapped:
+        torch.backends.mkldnn.enabled = False
     return swapped
 
 

@@ -25,7 +25,14 @@ import torch
 from virnucpro.batching import WorkUnit
 from virnucpro.engine import Progress, RunStats, load_unit, save_unit
 from virnucpro.errors import VirnucproError
-from virnucpro.worker import UnitResult, WorkerConfig, empty_result, load_models, score_unit
+from virnucpro.worker import (
+    UnitResult,
+    WorkerConfig,
+    empty_result,
+    load_models,
+    release_free_memory,
+    score_unit,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,6 +94,7 @@ class _Scorer:
         with torch.inference_mode():
             for i, (unit, payload, score, read_s) in enumerate(batch["item"]):
                 result = score_unit(self.models, unit) if score else None
+                release_free_memory()
                 # The driver needs the index and frame ids, not the sequences.
                 stub = dataclasses.replace(unit, nucleotides=(), proteins=())
                 out[i] = (stub, payload, result, read_s)

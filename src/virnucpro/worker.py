@@ -71,9 +71,9 @@ def load_models(cfg: WorkerConfig) -> Models:
     dtype = getattr(torch, cfg.dtype)
     dnabert = load_dnabert(cfg.dnabert_dir, device=device, dtype=dtype)
     esm, esm_tokenizer = load_esm(cfg.esm_dir, device=device, dtype=dtype)
-    if device.type == "cpu":  # fp32 products through oneDNN on x86 (see onednn.py)
-        use_onednn_linears(dnabert)
-        use_onednn_linears(esm)
+    if device.type == "cpu":
+        keep_freed_buffers()
+        use_onednn_linears(dnabert, esm)  # through oneDNN on x86 (see onednn.py)
     classifier = None
     if cfg.classifier_path is not None:
         classifier, _ = load_classifier(cfg.classifier_path)
@@ -171,8 +171,9 @@ def keep_freed_buffers() -> None:
     glibc serves blocks above its mmap threshold (at most 32 MiB) straight from the OS and
     unmaps them on free, so every layer of every batch page-faults its widest activations
     in afresh (tens of MiB: DNABERT-S's gated MLP at 2048 tokens is 48 MiB). Raising the
-    threshold and the trim threshold keeps them in the heap between uses; `release_free_memory`
-    still hands everything back after each unit, so resident memory stays bounded.
+    threshold and the trim threshold keeps them in the heap between uses; whoever scores units
+    calls `release_free_memory` after each, so resident memory stays bounded. Process-wide;
+    set by `load_models` for CPU workers.
     """
     libc = _libc()
     if libc is not None:
@@ -218,8 +219,6 @@ def worker_loop(cfg: WorkerConfig, tasks: Any, results: Any) -> None:
     """
     try:
         torch.set_num_threads(cfg.threads)
-        if cfg.device == "cpu":
-            keep_freed_buffers()
         with torch.inference_mode():
             models = load_models(cfg)
             results.put(("ready", cfg.device))
