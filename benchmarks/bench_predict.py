@@ -86,20 +86,27 @@ def workload(n_frames: int, work: Path, seed: int) -> tuple[Path, list[Any]]:
 # ------------------------------------------------------------------ ours, model level
 def measure_models(m: dict[str, Any], frames: list[Any], peak: float,
                    dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """Each model through our token-budget batching with the CPU default budgets."""
+    """Each model as a CPU worker loads and batches it, with the CPU default budgets."""
     from virnucpro.devices import DNABERT_BUDGET_DEFAULT, ESM_BUDGET_CPU
-    from virnucpro.dnabert import embed_dnabert, load_dnabert, load_dnabert_tokenizer, tokenize_dna
-    from virnucpro.esm import embed_esm, load_esm, tokenize_protein
+    from virnucpro.dnabert import embed_dnabert, tokenize_dna
+    from virnucpro.esm import embed_esm, tokenize_protein
+    from virnucpro.worker import WorkerConfig, load_models
 
-    dna_ids = tokenize_dna(load_dnabert_tokenizer(m["dnabert_dir"]), [f.nucleotide for f in frames])
-    dnabert, dna_emb = _measure(embed_dnabert, load_dnabert(m["dnabert_dir"], dtype=dtype),
-                                dna_ids, DNABERT_BUDGET_DEFAULT, m["dna_shape"], peak)
-    esm, tok = load_esm(m["esm_dir"], dtype=dtype)
-    prot_ids = tokenize_protein(tok, [f.protein for f in frames])
-    esm_row, esm_emb = _measure(embed_esm, esm, prot_ids, ESM_BUDGET_CPU, m["esm_shape"], peak)
+    models = load_models(WorkerConfig(
+        dnabert_dir=str(m["dnabert_dir"]), esm_dir=str(m["esm_dir"]), classifier_path=None,
+        device="cpu", dtype=str(dtype).removeprefix("torch."),
+        dnabert_budget=DNABERT_BUDGET_DEFAULT, esm_budget=ESM_BUDGET_CPU,
+        threads=torch.get_num_threads()))
+    dna_ids = tokenize_dna(models.dna_tokenizer, [f.nucleotide for f in frames])
+    dnabert, dna_emb = _measure(embed_dnabert, models.dnabert, dna_ids, DNABERT_BUDGET_DEFAULT,
+                                m["dna_shape"], peak)
+    prot_ids = tokenize_protein(models.esm_tokenizer, [f.protein for f in frames])
+    esm_row, esm_emb = _measure(embed_esm, models.esm, prot_ids, ESM_BUDGET_CPU, m["esm_shape"],
+                                peak)
     secs = dnabert["seconds"] + esm_row["seconds"]
     return {"dnabert": dnabert, "esm": esm_row, "frames_per_s": len(frames) / secs,
-            "dnabert_emb": dna_emb, "esm_emb": esm_emb}
+            "dnabert_emb": dna_emb, "esm_emb": esm_emb,
+            "linear_kernel": type(models.esm.encoder.layer[0].output.dense).__name__}
 
 
 def _measure(embed: Any, model: Any, ids: list[list[int]], budget: int, shape: C.Shape,
@@ -230,11 +237,14 @@ def report(r: dict[str, Any]) -> None:
     print(f"  load average before the run {_load(hw['load_average'])} (other work on these "
           f"cores), at the end {_load(r['load_average_end'])} (includes this run's threads)")
     print(f"  DNABERT-S tokenizer: {r['tokenizer']}")
-    print("== matmul peak ==")
-    print(f"  fp32 torch.mm {peak['size']}x{peak['size']}: {C.fmt_flops(peak['flops'])} "
-          "(best of several; the MFU denominator)")
-    print(f"  sustained (median of back-to-back mm over several seconds): "
+    print("== matmul peak (fp32, square; best of several) ==")
+    for name, flops in peak["kernels"].items():
+        print(f"  {name}: {C.fmt_flops(flops)}")
+    print(f"  peak = {peak['kernel']} at {peak['size']}x{peak['size']}: "
+          f"{C.fmt_flops(peak['flops'])} (the MFU denominator)")
+    print(f"  sustained (median of back-to-back {peak['kernel']} over several seconds): "
           f"{C.fmt_flops(peak['sustained_flops'])}")
+    print(f"  our CPU workers' linear layers: {r['models']['linear_kernel']}")
     report_models(r)
     e = r["e2e"]
     print("== end to end (run_predict, --device cpu, default budgets) ==")
@@ -298,7 +308,7 @@ def report_models(r: dict[str, Any]) -> None:
 def report_bf16(r: dict[str, Any]) -> None:
     b = r["bf16"]
     print("== opt-in: --precision bf16 on this CPU (not the default; fp32 is) ==")
-    print(f"  bf16 torch.mm peak: {C.fmt_flops(b['peak']['flops'])} "
+    print(f"  bf16 matmul peak ({b['peak']['kernel']}): {C.fmt_flops(b['peak']['flops'])} "
           f"({b['peak']['flops'] / r['peak']['flops']:.1f}x the fp32 peak)")
     for key, label in (("dnabert", r["dna_shape"]), ("esm", r["esm_shape"])):
         row, a = b["models"][key], b["agreement"][key]
@@ -350,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     r: dict[str, Any] = {"quick": args.quick, "hardware": C.hardware_info(cpu)}
     sizes = (256, 384) if args.quick else (2048, 3072, 4096)
     r["peak"] = C.matmul_peak(cpu, torch.float32, sizes, repeats=3 if args.quick else 6)
-    r["peak"]["sustained_flops"] = C.sustained_matmul(cpu, torch.float32, 256 if args.quick
-                                                      else 2048, 0.5 if args.quick else 8.0)
+    r["peak"]["sustained_flops"] = C.sustained_matmul(
+        cpu, torch.float32, 256 if args.quick else 2048, 0.5 if args.quick else 8.0,
+        kernel=r["peak"]["kernel"])
     peak = r["peak"]["flops"]
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         work = Path(tmp)
@@ -362,16 +373,19 @@ def main(argv: list[str] | None = None) -> int:
         r["frames"] = len(frames)
         print(f"[bench_predict] {len(frames)} frames; models in {work}", file=sys.stderr)
         r["other_load"] = {}
+        # The baseline runs first, with glibc's default allocator settings as the original
+        # had them: loading our CPU worker's models changes them for the whole process
+        # (worker.keep_freed_buffers).
+        with C.OtherLoad() as load:
+            r["baseline"] = {"dnabert": baseline_dnabert(m, frames, peak),
+                             "esm": baseline_esm(m, frames, peak)}
+        r["other_load"]["baseline"] = load.as_dict()
         with C.OtherLoad() as load:
             r["models"] = measure_models(m, frames, peak)
         r["other_load"]["models"] = load.as_dict()
         with C.OtherLoad() as load:
             r["e2e"] = measure_e2e(m, fasta, work / "predict", torch.get_num_threads())
         r["other_load"]["e2e"] = load.as_dict()
-        with C.OtherLoad() as load:
-            r["baseline"] = {"dnabert": baseline_dnabert(m, frames, peak),
-                             "esm": baseline_esm(m, frames, peak)}
-        r["other_load"]["baseline"] = load.as_dict()
         if not args.no_bf16:
             with C.OtherLoad() as load:
                 r["bf16"] = measure_bf16(m, frames, fasta, work, r)

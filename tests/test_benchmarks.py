@@ -37,7 +37,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 def test_bench_predict_quick(tmp_path):
     out = tmp_path / "bench.json"
     proc = _run([sys.executable, "benchmarks/bench_predict.py", "--quick", "--json", str(out)])
-    for section in ("== hardware ==", "== matmul peak ==", "== models", "== end to end",
+    for section in ("== hardware ==", "== matmul peak", "== models", "== end to end",
                     "== baseline", "== agreement", "== opt-in: --precision bf16",
                     "== targets =="):
         assert section in proc.stdout, section
@@ -46,6 +46,11 @@ def test_bench_predict_quick(tmp_path):
     assert data["frames"] == 24
     assert data["e2e"]["frames"] == 24  # run_predict scored every frame of the workload
     assert data["peak"]["flops"] > 0
+    # The MFU denominator is the best kernel the models may use, and the workers use it.
+    kernels = data["peak"]["kernels"]
+    assert "torch.mm" in kernels and data["peak"]["flops"] == max(kernels.values())
+    expected = "OneDnnLinear" if "oneDNN" in kernels else "Linear"
+    assert data["models"]["linear_kernel"] == expected
     assert data["hardware"]["cpu"] and data["hardware"]["torch_threads"] >= 1
     for model in ("dnabert", "esm"):
         row = data["models"][model]
