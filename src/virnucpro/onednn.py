@@ -10,8 +10,9 @@ bf16 linears already go to oneDNN; they get the same treatment for the reason be
 oneDNN compiles and caches a kernel, with buffers of its own, for every input shape it
 meets, and keeps up to 1024 of them: a few MiB each, so batches of ever-new sizes would grow
 memory by gigabytes. Rows therefore go through in blocks of _BLOCK_ROWS, the last one padded
-to a multiple of _ALIGN_ROWS: at most 8 shapes per layer shape, whatever the input (256-row
-blocks run as fast as whole batches here, faster for wide outputs). For the same reason a
+to a multiple of _ALIGN_ROWS: at most 8 shapes per layer shape, whatever the input. A single
+256-row product runs as fast as a whole batch's here; end to end the blocks cost up to ~10%
+(the extra copy of each output), the price of memory that does not grow. For the same reason a
 CPU worker switches off PyTorch's implicit use of oneDNN (`torch.backends.mkldnn.enabled`),
 which would otherwise run, e.g., every fp32 GELU through a per-shape cached oneDNN kernel;
 PyTorch's own GELU kernel is also the faster one here.
