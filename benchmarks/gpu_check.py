@@ -168,6 +168,23 @@ def _agreement_frames(plan: Plan, seed: int) -> list[Any]:
     return workload_frames(plan.agree_frames, 500, 500, seed + 99)
 
 
+def bf16_agreement(plan: Plan, embed: Callable[[Any, list[list[int]]], torch.Tensor],
+                   model: Any, to_bf16: Callable[[Any], Any], ids: list[list[int]],
+                   name: str) -> tuple[Any, torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Embed `ids` with the fp32 `model`, convert it to bf16 and embed again; print and return
+    how far apart they are. Returns (bf16 model, fp32 embeddings, bf16 embeddings, agreement)."""
+    fp32 = C.embed_throughput(lambda b: embed(model, b), ids, 16384, plan.device,
+                              keep=True)["embeddings"]
+    model = to_bf16(model)
+    bf16 = C.embed_throughput(lambda b: embed(model, b), ids, 16384, plan.device,
+                              keep=True)["embeddings"]
+    agree = C.agreement(fp32, bf16)
+    print(f"  bf16 vs fp32 on {len(ids)} frames ({name}): min cosine "
+          f"{agree['min_cosine']:.6f}, centred min cosine {agree['centered_min_cosine']:.6f}, "
+          f"max |diff| {agree['max_abs_diff']:.3g}")
+    return model, fp32, bf16, agree
+
+
 def section_dnabert(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) -> dict:
     from virnucpro.dnabert import embed_dnabert, tokenize_dna
 
@@ -176,17 +193,11 @@ def section_dnabert(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) 
     model = C.build_dnabert(plan.dnabert, plan.device, torch.float32, seed)
     weights = C.encoder_linear_weights(model)
     agree_ids = tokenize_dna(tok, [f.nucleotide for f in state["agree_frames"]])
-    fp32 = C.embed_throughput(lambda b: embed_dnabert(model, b), agree_ids, 16384, plan.device,
-                              keep=True)["embeddings"]
-    model = model.to(torch.bfloat16)
+    model, fp32, bf16, agree = bf16_agreement(plan, embed_dnabert, model,
+                                              lambda m: m.to(torch.bfloat16), agree_ids,
+                                              plan.dnabert.name)
     state["dnabert_model"] = model
-    bf16 = C.embed_throughput(lambda b: embed_dnabert(model, b), agree_ids, 16384, plan.device,
-                              keep=True)["embeddings"]
     state["dnabert_features"] = (fp32, bf16)
-    agree = C.agreement(fp32, bf16)
-    print(f"  bf16 vs fp32 on {len(agree_ids)} frames ({plan.dnabert.name}): min cosine "
-          f"{agree['min_cosine']:.6f}, centred min cosine {agree['centered_min_cosine']:.6f}, "
-          f"max |diff| {agree['max_abs_diff']:.3g}")
     ids = {label: tokenize_dna(tok, [f.nucleotide for f in frames])
            for label, frames in state["pools"].items()}
     rows = throughput_grid(plan, lambda b: embed_dnabert(model, b), ids, plan.dnabert_budgets,
@@ -236,16 +247,10 @@ def section_esm(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) -> d
     model = C.build_esm(plan.esm, plan.device, torch.float32, seed)
     weights = C.encoder_linear_weights(model)
     agree_ids = tokenize_protein(tok, [f.protein for f in state["agree_frames"]])
-    fp32 = C.embed_throughput(lambda b: embed_esm(model, b), agree_ids, 16384, plan.device,
-                              keep=True)["embeddings"]
-    model = C.esm_to(model, torch.bfloat16)
+    model, fp32, bf16, agree = bf16_agreement(plan, embed_esm, model,
+                                              lambda m: C.esm_to(m, torch.bfloat16), agree_ids,
+                                              plan.esm.name)
     state["esm_model"] = model
-    bf16 = C.embed_throughput(lambda b: embed_esm(model, b), agree_ids, 16384, plan.device,
-                              keep=True)["embeddings"]
-    agree = C.agreement(fp32, bf16)
-    print(f"  bf16 vs fp32 on {len(agree_ids)} frames ({plan.esm.name}): min cosine "
-          f"{agree['min_cosine']:.6f}, centred min cosine {agree['centered_min_cosine']:.6f}, "
-          f"max |diff| {agree['max_abs_diff']:.3g}")
     calls = None
     if "dnabert_features" in state:
         dna32, dna16 = state["dnabert_features"]
