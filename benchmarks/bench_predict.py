@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ------------------------------------------------------------------ setup
 def build_models(work: Path, quick: bool, tokenizer: Path | None, seed: int) -> dict[str, Any]:
     """Write the three models in their real formats; keep fair-esm's model for the baseline."""
-    from virnucpro.esm import convert_fair_esm
+    from virnucpro.models.esm import convert_fair_esm
 
     dna_shape = C.DNABERT_TINY if quick else C.DNABERT_S
     esm_shape = C.ESM2_TINY if quick else C.ESM2_150M
@@ -87,16 +87,19 @@ def workload(n_frames: int, work: Path, seed: int) -> tuple[Path, list[Any]]:
 def measure_models(m: dict[str, Any], frames: list[Any], peak: float,
                    dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Each model as a CPU worker loads and batches it, with the CPU default budgets."""
-    from virnucpro.devices import DNABERT_BUDGET_DEFAULT, ESM_BUDGET_CPU
-    from virnucpro.dnabert import embed_dnabert, tokenize_dna
-    from virnucpro.esm import embed_esm, tokenize_protein
-    from virnucpro.worker import WorkerConfig, load_models
+    from virnucpro.models.dnabert import embed_dnabert, tokenize_dna
+    from virnucpro.models.esm import embed_esm, tokenize_protein
+    from virnucpro.runtime.cpu import apply_process_settings
+    from virnucpro.runtime.devices import DNABERT_BUDGET_DEFAULT, ESM_BUDGET_CPU
+    from virnucpro.runtime.worker import Settings, WorkerSpec, load_models
 
-    models = load_models(WorkerConfig(
-        dnabert_dir=str(m["dnabert_dir"]), esm_dir=str(m["esm_dir"]), classifier_path=None,
-        device="cpu", dtype=str(dtype).removeprefix("torch."),
-        dnabert_budget=DNABERT_BUDGET_DEFAULT, esm_budget=ESM_BUDGET_CPU,
-        threads=torch.get_num_threads()))
+    # This benchmark process plays the worker: it makes the worker's process settings.
+    apply_process_settings("cpu", torch.get_num_threads())
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    models = load_models(
+        WorkerSpec(dnabert_dir=str(m["dnabert_dir"]), esm_dir=str(m["esm_dir"]),
+                   classifier_path=None, device="cpu", threads=torch.get_num_threads()),
+        Settings(precision, DNABERT_BUDGET_DEFAULT, ESM_BUDGET_CPU))
     dna_ids = tokenize_dna(models.dna_tokenizer, [f.nucleotide for f in frames])
     dnabert, dna_emb = _measure(embed_dnabert, models.dnabert, dna_ids, DNABERT_BUDGET_DEFAULT,
                                 m["dna_shape"], peak)
@@ -123,28 +126,28 @@ def measure_e2e(m: dict[str, Any], fasta: Path, out_dir: Path, threads: int,
                 precision: str = "auto") -> dict[str, Any]:
     """`run_predict --device cpu` with default budgets; wall time measured around the call."""
     from virnucpro.predict import PredictConfig, run_predict
+    from virnucpro.runtime.plan import RuntimeConfig
 
-    cfg = PredictConfig(inputs=(str(fasta),), output_dir=out_dir,
-                        classifier=str(m["classifier"]), dnabert=str(m["dnabert_dir"]),
-                        esm=str(m["esm_dir"]), device="cpu", offline=True, progress=False,
-                        threads=threads, precision=precision,
-                        command_line=("bench_predict.py",))
-    with C.ForwardClock() as clock:
-        t0 = time.perf_counter()
-        record = run_predict(cfg)
-        wall = time.perf_counter() - t0
+    runtime = RuntimeConfig(dnabert=str(m["dnabert_dir"]), esm=str(m["esm_dir"]), device="cpu",
+                            offline=True, progress=False, threads=threads, precision=precision)
+    cfg = PredictConfig(inputs=(str(fasta),), output_dir=out_dir, runtime=runtime,
+                        classifier=str(m["classifier"]), command_line=("bench_predict.py",))
+    t0 = time.perf_counter()
+    record = run_predict(cfg)
+    wall = time.perf_counter() - t0
     timing = record["timing"]
     stages = timing["stages"]
     frames = timing["frames_scored_this_run"]
-    model_stage = sum(stages.get(k, {}).get("seconds", 0.0)
-                      for k in ("dnabert", "esm", "classifier"))
-    forward = sum(clock.seconds.values())
-    startup = (clock.first - t0) if clock.first else None
+    # The worker is a process of its own: its model time is what run.json records per stage
+    # (measured around each stage, synchronised), start-up is until the models were loaded.
+    forward_s = {k: stages[k]["seconds"] for k in ("dnabert", "esm", "classifier") if k in stages}
+    model_stage = forward = sum(forward_s.values())
+    startup = timing["startup_seconds"]
     return {
         "frames": frames, "wall_seconds": wall, "frames_per_s": frames / wall,
         "run_json_wall_seconds": timing["wall_seconds"],
         "startup_seconds": startup,
-        "forward_seconds": {k: round(v, 3) for k, v in clock.seconds.items()},
+        "forward_seconds": forward_s,
         "forward_share": forward / wall,
         "forward_share_after_startup": forward / (wall - startup) if startup else None,
         "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
@@ -156,7 +159,7 @@ def measure_e2e(m: dict[str, Any], fasta: Path, out_dir: Path, threads: int,
 # ------------------------------------------------------------------ original-style baseline
 def baseline_dnabert(m: dict[str, Any], frames: list[Any], peak: float) -> dict[str, Any]:
     """The original: tokenise and run one sequence at a time, no mask, mean over all tokens."""
-    from virnucpro.dnabert import load_dnabert, load_dnabert_tokenizer
+    from virnucpro.models.dnabert import load_dnabert, load_dnabert_tokenizer
 
     model = load_dnabert(m["dnabert_dir"])
     tok = load_dnabert_tokenizer(m["dnabert_dir"])

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from virnucpro.batching import token_batches
 from virnucpro.frames import GENETIC_CODE, Frame, iter_record_frames
 from virnucpro.reader import Record
+from virnucpro.runtime.batching import token_batches
 
 REPO = Path(__file__).resolve().parents[1]
 # Where the real DNABERT-S tokenizer may be (`../shared` beside the checkout, or inside it).
@@ -93,10 +93,10 @@ def matmul_kernels(device: torch.device) -> dict[str, Callable[..., torch.Tensor
     """The square-matmul kernels the models can use on `device`, by name.
 
     On a CUDA GPU: `torch.mm` (cuBLAS). On a CPU also oneDNN's linear op, which our CPU
-    workers use for fp32 (`virnucpro.onednn`): MKL, behind `torch.mm`, is not the fastest
+    workers use for fp32 (`virnucpro.runtime.cpu`): MKL, behind `torch.mm`, is not the fastest
     kernel on every CPU, so a peak taken from `torch.mm` alone could understate the machine.
     """
-    from virnucpro.onednn import onednn_linear_works
+    from virnucpro.runtime.cpu import onednn_linear_works
 
     kernels: dict[str, Callable[..., torch.Tensor]] = {"torch.mm": torch.mm}
     if device.type == "cpu" and onednn_linear_works():
@@ -152,47 +152,6 @@ def sustained_matmul(device: torch.device, dtype: torch.dtype, n: int, seconds: 
         sync(device)
         rates.append(2 * n**3 / (time.perf_counter() - t0))
     return float(np.median(rates))
-
-
-class ForwardClock:
-    """Wall time inside top-level model forwards, via torch's global module hooks.
-
-    Nothing in the pipeline is patched: the hooks fire for every module, and only calls of
-    the three top-level models (DNABERT-S, EsmModel, the MLP) are timed. On a CPU the
-    forward is synchronous, so `seconds` is the time the models compute; on a GPU it is
-    only the host's launch time, and only `first` (when the first model forward began,
-    i.e. the end of start-up) is meaningful.
-    """
-
-    NAMES = ("DnaBert", "EsmModel", "MLPClassifier")
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.first: float | None = None
-        self._start: dict[int, float] = {}
-
-    def __enter__(self) -> ForwardClock:
-        from torch.nn.modules import module as M
-
-        self._handles = [M.register_module_forward_pre_hook(self._pre),
-                         M.register_module_forward_hook(self._post)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-
-    def _pre(self, module: nn.Module, args: Any) -> None:
-        if type(module).__name__ in self.NAMES:
-            now = time.perf_counter()
-            self.first = self.first or now
-            self._start[id(module)] = now
-
-    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
-        name = type(module).__name__
-        if name in self.NAMES and id(module) in self._start:
-            dt = time.perf_counter() - self._start.pop(id(module))
-            self.seconds[name] = self.seconds.get(name, 0.0) + dt
 
 
 class OtherLoad:
@@ -284,7 +243,7 @@ def dnabert_config(shape: Shape) -> dict[str, Any]:
 
 def build_dnabert(shape: Shape, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Any:
     """A random DNABERT-S built directly on `device` (no disk), in eval mode."""
-    from virnucpro.dnabert import DnaBert, DnaBertConfig
+    from virnucpro.models.dnabert import DnaBert, DnaBertConfig
 
     names = DnaBertConfig.__dataclass_fields__
     cfg = DnaBertConfig(**{k: v for k, v in dnabert_config(shape).items() if k in names})
@@ -326,7 +285,7 @@ def write_dnabert_dir(model: nn.Module, shape: Shape, out_dir: Path, tokenizer: 
 def esm_config(shape: Shape) -> Any:
     from transformers import EsmConfig
 
-    from virnucpro.esm import ESM_VOCAB
+    from virnucpro.models.esm import ESM_VOCAB
 
     return EsmConfig(
         vocab_size=len(ESM_VOCAB), pad_token_id=ESM_VOCAB.index("<pad>"),
@@ -342,11 +301,11 @@ def build_esm(shape: Shape, device: torch.device, dtype: torch.dtype, seed: int 
     """A random HF EsmModel built directly on `device` (no disk), SDPA attention, eval mode."""
     from transformers import EsmModel
 
-    from virnucpro.esm import _quiet_transformers
+    from virnucpro.models.esm import quiet_transformers
 
     config = esm_config(shape)
     config._attn_implementation = "sdpa"
-    with _quiet_transformers(), torch.device(device):
+    with quiet_transformers(), torch.device(device):
         model = EsmModel(config, add_pooling_layer=False)
     return esm_to(_init_(model, seed), dtype).eval()
 
@@ -374,7 +333,7 @@ def write_esm_dir(model: Any, out_dir: Path) -> Path:
 def fair_esm_checkpoint(shape: Shape, path: Path, seed: int = 0) -> tuple[Any, Any]:
     """A random fair-esm ESM2 (its own default init), saved as fair-esm's .pt files are.
 
-    Returns (model in eval mode, alphabet). `virnucpro.esm.convert_fair_esm` turns the file
+    Returns (model in eval mode, alphabet). `virnucpro.models.esm.convert_fair_esm` turns the file
     into the HF directory our pipeline loads, so both run the very same weights.
     """
     import argparse
@@ -412,7 +371,7 @@ def random_classifier(features: torch.Tensor, seed: int = 0) -> Any:
     Uncalibrated, a random MLP calls nearly every frame the same way, and "same call in
     fp32 and bf16" would say nothing; at a 50/50 split many frames sit near the boundary.
     """
-    from virnucpro.classifier import MLPClassifier
+    from virnucpro.models.classifier import MLPClassifier
 
     gen = torch.Generator().manual_seed(seed)
     model = MLPClassifier(features.shape[1], 512)
@@ -431,7 +390,7 @@ def random_classifier(features: torch.Tensor, seed: int = 0) -> Any:
 def call_agreement(features_ref: torch.Tensor, features_other: torch.Tensor,
                    seed: int = 0) -> dict[str, float]:
     """Virus/others calls of a calibrated random classifier on two feature sets."""
-    from virnucpro.classifier import classify
+    from virnucpro.models.classifier import classify
 
     model = random_classifier(features_ref, seed)
     ref, other = classify(model, features_ref), classify(model, features_other)

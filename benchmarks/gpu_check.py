@@ -186,7 +186,7 @@ def bf16_agreement(plan: Plan, embed: Callable[[Any, list[list[int]]], torch.Ten
 
 
 def section_dnabert(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) -> dict:
-    from virnucpro.dnabert import embed_dnabert, tokenize_dna
+    from virnucpro.models.dnabert import embed_dnabert, tokenize_dna
 
     deadline = clock.section_deadline(plan.section_seconds["dnabert"], reserve=60)
     tok = state["tokenizer"]
@@ -212,7 +212,7 @@ def forward_only(plan: Plan, model: Any, ids: list[list[int]], budget: int, weig
                  peak: float, deadline: float) -> dict[str, Any] | None:
     """DNABERT-S forward on ready device tensors (no host work, no pooling): separates the
     model's own efficiency from the cost of building batches on the host."""
-    from virnucpro.batching import token_batches
+    from virnucpro.runtime.batching import token_batches
 
     if time.perf_counter() > deadline - 2:
         return None
@@ -240,7 +240,7 @@ def forward_only(plan: Plan, model: Any, ids: list[list[int]], budget: int, weig
 
 
 def section_esm(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) -> dict:
-    from virnucpro.esm import embed_esm, tokenize_protein
+    from virnucpro.models.esm import embed_esm, tokenize_protein
 
     deadline = clock.section_deadline(plan.section_seconds["esm"], reserve=60)
     tok = state["esm_tokenizer"]
@@ -372,32 +372,29 @@ def section_e2e(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) -> d
             "--device", plan.device.type, "--offline", "--no-progress", "-q"]
     print(f"  {len(frames)} frames: virnucpro {' '.join(argv[:2])} ... (in this process)",
           flush=True)
-    reset_peak(plan.device)
-    rc, wall, startup, util = run_cli(argv, plan.device)
+    rc, wall, util = run_cli(argv, plan.device)
     if rc != 0:
         raise RuntimeError(f"virnucpro predict exited {rc}")
     run = json.loads((out / "run.json").read_text())
+    startup = run["timing"]["startup_seconds"]
     figures = e2e_figures(run, wall, startup, frames, models, util, state.get("peak"))
-    figures["peak_memory_gib"] = peak_gib(plan.device)
+    peak = run["timing"]["peak_device_memory"]
+    figures["peak_memory_gib"] = peak / 2**30 if peak is not None else None
     print(f"  peak GPU memory of the run: {_gib(figures['peak_memory_gib'])}")
     return figures
 
 
-def run_cli(argv: list[str], device: torch.device) -> tuple[int, float, float | None, Any]:
-    """`virnucpro.cli.main(argv)` in this process, so that the start of the first model
-    forward (the end of start-up: imports, hashing, loading) can be seen by a global hook.
-    The shell script's `timeout` is the guard against a hang."""
-    import logging
-
+def run_cli(argv: list[str], device: torch.device) -> tuple[int, float, Any]:
+    """`virnucpro.cli.main(argv)` called from this process (its worker is a process of its
+    own; run.json says when its models were loaded). The shell script's `timeout` is the
+    guard against a hang."""
     from virnucpro.cli import main as cli_main
 
-    with C.ForwardClock() as clock, UtilSampler(device.index or 0) as sampler:
+    with UtilSampler(device.index or 0) as sampler:
         t0 = time.perf_counter()
         rc = cli_main(argv)
         wall = time.perf_counter() - t0
-    logging.getLogger().handlers.clear()  # the CLI set up rich logging for its run
-    startup = clock.first - t0 if clock.first else None
-    return rc, wall, startup, sampler.summary()
+    return rc, wall, sampler.summary()
 
 
 def e2e_figures(run: dict, wall: float, startup: float | None, frames: list[Any],
@@ -466,8 +463,8 @@ def setup(plan: Plan, args: argparse.Namespace, work: Path,
     into `state`; returns what to record."""
     from transformers import EsmTokenizer
 
-    from virnucpro.dnabert import load_dnabert_tokenizer
-    from virnucpro.esm import ESM_VOCAB
+    from virnucpro.models.dnabert import load_dnabert_tokenizer
+    from virnucpro.models.esm import ESM_VOCAB
 
     tok_path, tok_label = C.dnabert_tokenizer_file(args.tokenizer, work)
     tok_dir = work / "tokenizer"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from virnucpro.batching import token_batches
+from virnucpro.runtime.batching import token_batches
 
 
 @given(st.lists(st.integers(1, 300), max_size=60), st.integers(1, 2000))

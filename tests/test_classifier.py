@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from virnucpro.classifier import (
+from virnucpro.cli import main
+from virnucpro.errors import ModelError
+from virnucpro.models.classifier import (
     ClassifierInfo,
     MLPClassifier,
     classify,
@@ -19,8 +21,6 @@ from virnucpro.classifier import (
     load_classifier,
     save_classifier,
 )
-from virnucpro.cli import main
-from virnucpro.errors import ModelError
 from virnucpro.testing import make_tiny_classifier
 
 # Evaluates the ORIGINAL class (VirNucPro prediction.py) on the pickled module, as the original

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from virnucpro import devices
-from virnucpro.devices import DeviceError, dtype_for, parse_devices
 from virnucpro.errors import VirnucproError
+from virnucpro.runtime import devices
+from virnucpro.runtime.devices import DeviceError, dtype_for, parse_devices
 
 GIB = 1 << 30
 
@@ -54,13 +54,10 @@ def test_parse_devices_errors_name_the_value(device: str, gpus: str | None, n_cu
     assert isinstance(info.value, VirnucproError)  # the CLI turns it into one line
 
 
-def test_select_devices_cpu() -> None:
-    assert devices.select_devices("cpu") == [torch.device("cpu")]
-    expected = ([torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
-                if torch.cuda.is_available() else [torch.device("cpu")])
-    assert devices.select_devices() == expected
-    with pytest.raises(DeviceError, match="'tpu'"):
-        devices.select_devices("tpu")
+def test_visible_gpus_creates_no_cuda_context() -> None:
+    expected = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert devices.visible_gpus() == expected
+    assert not torch.cuda.is_initialized()
 
 
 # ------------------------------------------------------------------ precision
@@ -88,19 +85,26 @@ def test_dtype_for_rejects_unknown_precision() -> None:
     assert str(info.value) == "--precision 'int8' is not one of auto, fp32, bf16, fp16"
 
 
-def test_choose_dtype_cpu() -> None:
-    cpu = torch.device("cpu")
-    assert devices.choose_dtype(cpu, "auto") is torch.float32
-    assert devices.choose_dtype(cpu, "bf16") is torch.bfloat16
-    assert devices.choose_dtype("cpu", "fp16") is torch.float16  # type: ignore[arg-type]
+@pytest.mark.parametrize(("capabilities", "precision", "expected"), [
+    ([None], "auto", "fp32"),
+    ([(9, 0), (9, 0)], "auto", "bf16"),
+    ([(9, 0), (7, 5)], "auto", "fp16"),  # an H200 beside a T4: the T4 has no bf16
+    ([(8, 6), (8, 0)], "auto", "bf16"),
+    ([(9, 0), (7, 0)], "fp32", "fp32"),  # an explicit choice is the choice everywhere
+    ([(9, 0), (7, 0)], "bf16", "bf16"),
+    ([], "auto", "fp32"),
+])
+def test_one_precision_for_every_device(capabilities, precision, expected) -> None:
+    assert devices.common_precision(capabilities, precision) == expected
+    assert devices.torch_dtype(expected) == {"fp32": torch.float32, "bf16": torch.bfloat16,
+                                             "fp16": torch.float16}[expected]
 
 
 def test_describe_cpu() -> None:
     info = devices.describe_device(torch.device("cpu"))
     assert set(info) == {"device", "name", "compute_capability", "total_memory", "free_memory",
-                         "threads", "torch", "cuda"}
+                         "torch", "cuda"}
     assert (info["device"], info["compute_capability"], info["cuda"]) == ("cpu", None, None)
-    assert info["threads"] == torch.get_num_threads()
     assert info["torch"] == torch.__version__
     if info["total_memory"] is not None:
         assert 0 < info["free_memory"] <= info["total_memory"]
@@ -139,7 +143,6 @@ def test_esm_token_budget_scales_with_hidden_size() -> None:
 
 
 def test_default_budgets_on_cpu() -> None:
-    cpu = torch.device("cpu")
-    assert devices.default_esm_token_budget(cpu, torch.float32, 2_838_000_000) == 4096
-    assert devices.default_esm_token_budget(cpu, torch.bfloat16, 10) == 4096
+    assert devices.free_memory(torch.device("cpu")) is None  # so a CPU worker proposes:
+    assert devices.ESM_BUDGET_CPU == 4096
     assert (devices.DNABERT_BUDGET_DEFAULT, devices.DNABERT_BUDGET_BF16) == (2048, 3072)

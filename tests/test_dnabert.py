@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 import virnucpro
-from virnucpro.dnabert import (
+from virnucpro.errors import ModelError
+from virnucpro.models.dnabert import (
     DnaBert,
     DnaBertConfig,
     alibi_slopes,
@@ -22,7 +23,6 @@ from virnucpro.dnabert import (
     load_dnabert_tokenizer,
     tokenize_dna,
 )
-from virnucpro.errors import ModelError
 from virnucpro.testing import make_tiny_dnabert
 
 # SPEC §4: the 12 slopes of DNABERT-S, written out.

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from virnucpro.engine import Progress, RunStats
+from virnucpro.progress import Progress
 
 
 def test_progress_without_a_terminal_goes_to_the_log(caplog, monkeypatch):
     monkeypatch.setattr(Progress, "LOG_EVERY", 0.0)
-    stats = RunStats(frames_per_device={"cpu": 10})
+    stats = {"cpu": 10}
     bar = Progress(enabled=False)
-    with caplog.at_level(logging.INFO, logger="virnucpro.engine"):
+    with caplog.at_level(logging.INFO, logger="virnucpro.progress"):
         bar.update(10, 40, False, stats)
         bar.update(40, 40, True, stats)
     lines = [r.getMessage() for r in caplog.records]
@@ -21,18 +21,18 @@ def test_progress_without_a_terminal_goes_to_the_log(caplog, monkeypatch):
 
 def test_progress_log_is_rate_limited(caplog):
     bar = Progress(enabled=False)
-    with caplog.at_level(logging.INFO, logger="virnucpro.engine"):
+    with caplog.at_level(logging.INFO, logger="virnucpro.progress"):
         for i in range(100):
-            bar.update(i, 100, True, RunStats())
+            bar.update(i, 100, True, {})
     assert not caplog.records  # the first line comes after Progress.LOG_EVERY seconds
 
 
 def test_a_unit_killed_mid_write_is_not_taken_as_finished(tmp_path):
     import numpy as np
 
-    from virnucpro.batching import WorkUnit
-    from virnucpro.engine import finished_units, load_unit, save_unit
-    from virnucpro.worker import UnitResult
+    from virnucpro.runtime.batching import WorkUnit
+    from virnucpro.runtime.units import finished_units, load_unit, save_unit
+    from virnucpro.runtime.worker import UnitResult
 
     (tmp_path / "units").mkdir()
     unit = WorkUnit(7, ("a_chunk_1F1",), ("ACGTACG",), ("TY",))

@@ -14,7 +14,7 @@ import torch
 
 from virnucpro.cli import main
 from virnucpro.errors import ModelError
-from virnucpro.esm import (
+from virnucpro.models.esm import (
     ESM_VOCAB,
     convert_fair_esm,
     embed_esm,

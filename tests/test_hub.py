@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from virnucpro import hub
 from virnucpro.cli import main
 from virnucpro.errors import ModelError
+from virnucpro.models import download, info, store
+from virnucpro.models import manifest as manifest_file
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 COMMIT2 = "fedcba9876543210fedcba9876543210fedcba98"
@@ -122,7 +123,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Path]
     import huggingface_hub
 
     real_snapshot_download = huggingface_hub.snapshot_download
-    monkeypatch.setattr(hub, "_hub_listing", listing)
+    monkeypatch.setattr(download, "_hub_listing", listing)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     return {"calls": calls, **repos}  # type: ignore[dict-item]
 
@@ -146,9 +147,9 @@ def github(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     for n in (300, 500):
         (root / "raw" / COMMIT2).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tiny_classifier, root / "raw" / COMMIT2 / f"{n}_model.pth")
-    monkeypatch.setattr(hub, "GITHUB_COMMIT_API", f"file://{root}/api/{{branch}}")
-    monkeypatch.setattr(hub, "CLASSIFIER_URL", f"file://{root}/raw/{{revision}}/{{name}}")
-    monkeypatch.setattr(hub, "CLASSIFIER_LFS_URL", f"file://{root}/media/{{revision}}/{{name}}")
+    monkeypatch.setattr(download, "GITHUB_COMMIT_API", f"file://{root}/api/{{branch}}")
+    monkeypatch.setattr(download, "CLASSIFIER_URL", f"file://{root}/raw/{{revision}}/{{name}}")
+    monkeypatch.setattr(download, "CLASSIFIER_LFS_URL", f"file://{root}/media/{{revision}}/{{name}}")
     return root
 
 
@@ -160,31 +161,31 @@ def github(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     ("org/name@refs/pr/1", ("org/name", "refs/pr/1")),
 ])
 def test_parse_hub_id(spec: str, expected: tuple[str, str | None]) -> None:
-    assert hub.parse_hub_id(spec) == expected
+    assert store.parse_hub_id(spec) == expected
 
 
 @pytest.mark.parametrize("spec", ["name", "a/b/c", "/abs/dir", "./rel/dir", "org/na--me",
                                   "org/name@", "", "org/../x"])
 def test_parse_hub_id_rejects(spec: str) -> None:
     with pytest.raises(ModelError, match="neither an existing directory nor a hub id"):
-        hub.parse_hub_id(spec)
+        store.parse_hub_id(spec)
 
 
 def test_env_says_offline() -> None:
-    assert [hub.env_says_offline(v) for v in ("1", "true", "YES", " on ")] == [True] * 4
-    assert [hub.env_says_offline(v) for v in (None, "", "0", "false", "no")] == [False] * 5
+    assert [store.env_says_offline(v) for v in ("1", "true", "YES", " on ")] == [True] * 4
+    assert [store.env_says_offline(v) for v in (None, "", "0", "false", "no")] == [False] * 5
 
 
 # ------------------------------------------------------------------ local directories
 def test_local_dir_is_used_as_is(tmp_path: Path) -> None:
     d = make_safetensors_dir(tmp_path / "esm")
-    rm = hub.resolve_model(str(d), "esm", offline=True, cache_dir=tmp_path / "cache")
-    assert rm == hub.ResolvedModel("esm", str(d), d, None, None, {})
+    rm = store.resolve_model(str(d), "esm", offline=True, cache_dir=tmp_path / "cache")
+    assert rm == store.ResolvedModel("esm", str(d), d, None, None, {})
 
 
 def test_local_dir_hashes_weights_on_request(tmp_path: Path) -> None:
     d = make_bin_dir(tmp_path / "dna")
-    rm = hub.resolve_model(str(d), "dnabert", offline=False, cache_dir=tmp_path / "cache",
+    rm = store.resolve_model(str(d), "dnabert", offline=False, cache_dir=tmp_path / "cache",
                            verify=True)
     assert rm.sha256 == {"pytorch_model.bin": sha256(d / "pytorch_model.bin")}
     assert not (tmp_path / "cache").exists()  # a local directory is never recorded
@@ -193,7 +194,7 @@ def test_local_dir_hashes_weights_on_request(tmp_path: Path) -> None:
 def test_local_snapshot_dir_reports_its_origin(tmp_path: Path) -> None:
     snap = populate_cache(tmp_path / "elsewhere", "org/esm-tiny",
                           make_safetensors_dir(tmp_path / "src"))
-    rm = hub.resolve_model(str(snap), "esm", offline=True, cache_dir=tmp_path / "cache")
+    rm = store.resolve_model(str(snap), "esm", offline=True, cache_dir=tmp_path / "cache")
     assert (rm.path, rm.repo_id, rm.revision) == (snap, "org/esm-tiny", COMMIT)
 
 
@@ -201,17 +202,17 @@ def test_bad_local_dirs(tmp_path: Path) -> None:
     d = make_safetensors_dir(tmp_path / "m")
     (d / "config.json").unlink()
     with pytest.raises(ModelError, match=r"m has no config\.json"):
-        hub.resolve_model(str(d), "esm", offline=True, cache_dir=tmp_path)
+        store.resolve_model(str(d), "esm", offline=True, cache_dir=tmp_path)
     write_config(d, 8)
     (d / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="holds no weights"):
-        hub.resolve_model(str(d), "esm", offline=True, cache_dir=tmp_path)
+        store.resolve_model(str(d), "esm", offline=True, cache_dir=tmp_path)
     with pytest.raises(ModelError, match="is not a directory"):
-        hub.resolve_model(str(d / "config.json"), "esm", offline=True, cache_dir=tmp_path)
+        store.resolve_model(str(d / "config.json"), "esm", offline=True, cache_dir=tmp_path)
     with pytest.raises(ModelError, match="neither an existing directory nor a hub id"):
-        hub.resolve_model(str(tmp_path / "absent"), "esm", offline=True, cache_dir=tmp_path)
+        store.resolve_model(str(tmp_path / "absent"), "esm", offline=True, cache_dir=tmp_path)
     with pytest.raises(ModelError, match="unknown model kind 'bert'"):
-        hub.resolve_model(str(d), "bert", offline=True)  # type: ignore[arg-type]
+        store.resolve_model(str(d), "bert", offline=True)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("files", "expected"), [
@@ -224,12 +225,12 @@ def test_download_patterns_pick_one_weight_format_and_no_code(files: list[str],
                                                              expected: list[str]) -> None:
     base = ["config.json", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "vocab.txt"]
-    assert hub._patterns(files) == base + expected
+    assert download._patterns(files) == base + expected
 
 
 def test_download_patterns_without_weights() -> None:
     with pytest.raises(ModelError, match=r"hold no model\.safetensors or pytorch_model\.bin"):
-        hub._patterns(["config.json", "tf_model.h5"])
+        download._patterns(["config.json", "tf_model.h5"])
 
 
 def test_sharded_weight_files(tmp_path: Path) -> None:
@@ -238,7 +239,7 @@ def test_sharded_weight_files(tmp_path: Path) -> None:
                             "b": "model-00001-of-00002.safetensors",
                             "c": "model-00001-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    assert hub.weight_files(tmp_path) == ["model-00001-of-00002.safetensors",
+    assert manifest_file.weight_files(tmp_path) == ["model-00001-of-00002.safetensors",
                                           "model-00002-of-00002.safetensors"]
 
 
@@ -246,8 +247,8 @@ def test_sharded_weight_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("kind", "flag"), [("dnabert", "--dnabert DIR"), ("esm", "--esm DIR")])
 def test_offline_missing_hub_model_fails_at_once(tmp_path: Path, kind: str, flag: str) -> None:
     start = time.perf_counter()
-    with pytest.raises(hub.ModelNotCachedError) as info:
-        hub.resolve_model("org/not-here", kind, offline=True,  # type: ignore[arg-type]
+    with pytest.raises(store.ModelNotCachedError) as info:
+        store.resolve_model("org/not-here", kind, offline=True,  # type: ignore[arg-type]
                           cache_dir=tmp_path)
     assert time.perf_counter() - start < 1.0
     msg = str(info.value)
@@ -259,23 +260,23 @@ def test_offline_resolves_a_populated_cache(tmp_path: Path) -> None:
     src = make_safetensors_dir(tmp_path / "src")
     snap = populate_cache(tmp_path / "cache", "org/esm-tiny", src)
     for spec in ("org/esm-tiny", "org/esm-tiny@main", f"org/esm-tiny@{COMMIT}"):
-        rm = hub.resolve_model(spec, "esm", offline=True, cache_dir=tmp_path / "cache")
-        assert rm == hub.ResolvedModel("esm", spec, snap, "org/esm-tiny", COMMIT, {})
-    rm = hub.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=tmp_path / "cache",
+        rm = store.resolve_model(spec, "esm", offline=True, cache_dir=tmp_path / "cache")
+        assert rm == store.ResolvedModel("esm", spec, snap, "org/esm-tiny", COMMIT, {})
+    rm = store.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=tmp_path / "cache",
                            verify=True)
     assert rm.sha256 == {"model.safetensors": sha256(src / "model.safetensors")}
-    with pytest.raises(hub.ModelNotCachedError, match="not in"):
-        hub.resolve_model("org/esm-tiny@v2", "esm", offline=True, cache_dir=tmp_path / "cache")
+    with pytest.raises(store.ModelNotCachedError, match="not in"):
+        store.resolve_model("org/esm-tiny@v2", "esm", offline=True, cache_dir=tmp_path / "cache")
 
 
 def test_unreachable_hub_falls_back_to_the_cache(tmp_path: Path) -> None:
     """Online but the hub cannot be reached (here: the network guard) -> the cached copy."""
     with pytest.raises(ModelError, match=r"cannot look up org/esm-tiny@main on the Hugging "
                                          r"Face hub: AssertionError: the test tried"):
-        hub.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=tmp_path)
+        store.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=tmp_path)
     snap = populate_cache(tmp_path, "org/esm-tiny", make_safetensors_dir(tmp_path / "src"))
-    rm = hub.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=tmp_path)
-    assert rm == hub.ResolvedModel("esm", "org/esm-tiny", snap, "org/esm-tiny", COMMIT, {})
+    rm = store.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=tmp_path)
+    assert rm == store.ResolvedModel("esm", "org/esm-tiny", snap, "org/esm-tiny", COMMIT, {})
     assert not (tmp_path / "manifest.json").exists()
 
 
@@ -284,18 +285,18 @@ def test_offline_cache_without_weights_is_refused(tmp_path: Path) -> None:
     write_config(src, 8)
     populate_cache(tmp_path / "cache", "org/partial", src)
     with pytest.raises(ModelError, match="holds no weights"):
-        hub.resolve_model("org/partial", "esm", offline=True, cache_dir=tmp_path / "cache")
+        store.resolve_model("org/partial", "esm", offline=True, cache_dir=tmp_path / "cache")
 
 
 # ------------------------------------------------------------------ download + manifest
 def test_download_records_manifest_then_verifies(tmp_path: Path,
                                                  fake_hub: dict[str, object]) -> None:
     cache = tmp_path / "models"
-    rm = hub.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=cache)
+    rm = store.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=cache)
     snap = cache / "models--org--esm-tiny" / "snapshots" / COMMIT
     src = fake_hub["org/esm-tiny"]
     assert isinstance(src, Path)
-    assert rm == hub.ResolvedModel("esm", "org/esm-tiny", snap, "org/esm-tiny", COMMIT,
+    assert rm == store.ResolvedModel("esm", "org/esm-tiny", snap, "org/esm-tiny", COMMIT,
                                    {"model.safetensors": sha256(src / "model.safetensors")})
     (call,) = fake_hub["calls"]  # type: ignore[misc]
     assert call["revision"] == COMMIT  # pinned to the listed commit
@@ -315,13 +316,13 @@ def test_download_records_manifest_then_verifies(tmp_path: Path,
         assert rec["sha256"] == sha256(src / name)
 
     # Offline, the recorded hashes come back without hashing anything again.
-    again = hub.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache)
+    again = store.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache)
     assert again == rm
 
 
 def test_modified_file_is_refused(tmp_path: Path, fake_hub: dict[str, object]) -> None:
     cache = tmp_path / "models"
-    rm = hub.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=cache)
+    rm = store.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=cache)
     weights = rm.path / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # same size, different content, new mtime
@@ -329,24 +330,24 @@ def test_modified_file_is_refused(tmp_path: Path, fake_hub: dict[str, object]) -
     weights.resolve().write_bytes(bytes(data))
     with pytest.raises(ModelError, match=r"model\.safetensors changed since it was downloaded "
                                          r"\(sha256 differs"):
-        hub.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache)
+        store.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache)
     weights.resolve().write_bytes(bytes(data) + b"x")
     with pytest.raises(ModelError, match=r"model\.safetensors changed .*\(size"):
-        hub.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache)
+        store.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache)
     weights.resolve().unlink()
     with pytest.raises(ModelError, match=r"model\.safetensors is listed in .* but missing"):
-        hub.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache)
+        store.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache)
 
 
 def test_touched_but_unchanged_file_is_accepted_and_rerecorded(
         tmp_path: Path, fake_hub: dict[str, object]) -> None:
     cache = tmp_path / "models"
-    rm = hub.resolve_model("org/dna-tiny", "dnabert", offline=False, cache_dir=cache)
+    rm = store.resolve_model("org/dna-tiny", "dnabert", offline=False, cache_dir=cache)
     weights = rm.path / "pytorch_model.bin"
     later = weights.stat().st_mtime_ns + 5_000_000_000
     os.utime(weights, ns=(later, later))
-    assert hub.resolve_model("org/dna-tiny", "dnabert", offline=True, cache_dir=cache) == rm
-    (entry,) = hub.read_manifest(cache)["models"]
+    assert store.resolve_model("org/dna-tiny", "dnabert", offline=True, cache_dir=cache) == rm
+    (entry,) = manifest_file.read_manifest(cache)["models"]
     rel = f"models--org--dna-tiny/snapshots/{COMMIT}/pytorch_model.bin"
     assert entry["files"][rel]["mtime_ns"] == later
 
@@ -354,7 +355,7 @@ def test_touched_but_unchanged_file_is_accepted_and_rerecorded(
 def test_rehash_catches_an_edit_that_kept_size_and_mtime(tmp_path: Path,
                                                          fake_hub: dict[str, object]) -> None:
     cache = tmp_path / "models"
-    rm = hub.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=cache)
+    rm = store.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=cache)
     blob = (rm.path / "model.safetensors").resolve()
     st = blob.stat()
     data = bytearray(blob.read_bytes())
@@ -362,70 +363,70 @@ def test_rehash_catches_an_edit_that_kept_size_and_mtime(tmp_path: Path,
     blob.write_bytes(bytes(data))
     os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))  # a sneaky edit: same size and mtime
     # The per-run check (size + mtime) does not see it, even with verify=True ...
-    assert hub.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache) == rm
-    assert hub.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache,
+    assert store.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache) == rm
+    assert store.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache,
                              verify=True) == rm
     # ... a full re-hash does.
     with pytest.raises(ModelError, match="sha256 differs"):
-        hub.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache, rehash=True)
+        store.resolve_model("org/esm-tiny", "esm", offline=True, cache_dir=cache, rehash=True)
 
 
 def test_download_checks_the_published_sha256(tmp_path: Path, fake_hub: dict[str, object],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    real = hub._hub_listing
+    real = download._hub_listing
 
     def lying(repo_id: str, revision: str | None) -> tuple[str, dict[str, str | None]]:
         commit, files = real(repo_id, revision)
         return commit, {**files, "model.safetensors": "f" * 64}
 
-    monkeypatch.setattr(hub, "_hub_listing", lying)
+    monkeypatch.setattr(download, "_hub_listing", lying)
     with pytest.raises(ModelError, match="does not match the sha256 published by"):
-        hub.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=tmp_path)
+        store.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=tmp_path)
     assert not (tmp_path / "manifest.json").exists()
 
 
 def test_manifest_that_is_not_ours_is_refused(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text('{"models": {}}')
     with pytest.raises(ModelError, match="is not a virnucpro manifest"):
-        hub.read_manifest(tmp_path)
+        manifest_file.read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{")
     with pytest.raises(ModelError, match=r"cannot read .*manifest\.json"):
-        hub.read_manifest(tmp_path)
+        manifest_file.read_manifest(tmp_path)
 
 
 # ------------------------------------------------------------------ classifier
 def test_classifier_from_a_file_is_hashed(tmp_path: Path, tiny_classifier: Path) -> None:
-    rm = hub.resolve_classifier(tiny_classifier, 500, models_dir=tmp_path, offline=True)
-    assert rm == hub.ResolvedModel("classifier", str(tiny_classifier), tiny_classifier, None,
+    rm = store.resolve_classifier(tiny_classifier, 500, models_dir=tmp_path, offline=True)
+    assert rm == store.ResolvedModel("classifier", str(tiny_classifier), tiny_classifier, None,
                                    None, {"model.pth": sha256(tiny_classifier)})
     with pytest.raises(ModelError, match=r"classifier not found: .*nope\.pth"):
-        hub.resolve_classifier(tmp_path / "nope.pth", 500, models_dir=tmp_path, offline=True)
+        store.resolve_classifier(tmp_path / "nope.pth", 500, models_dir=tmp_path, offline=True)
 
 
 def test_classifier_published_offline_missing(tmp_path: Path) -> None:
-    with pytest.raises(hub.ModelNotCachedError) as info:
-        hub.resolve_classifier(None, 300, models_dir=tmp_path, offline=True)
+    with pytest.raises(store.ModelNotCachedError) as info:
+        store.resolve_classifier(None, 300, models_dir=tmp_path, offline=True)
     assert "virnucpro models download" in str(info.value) and "-p FILE" in str(info.value)
     with pytest.raises(ModelError, match=r"no published classifier for chunk size 400.*-p FILE"):
-        hub.resolve_classifier(None, 400, models_dir=tmp_path, offline=True)
+        store.resolve_classifier(None, 400, models_dir=tmp_path, offline=True)
 
 
 def test_classifier_download_records_commit_and_sha256(tmp_path: Path, github: Path,
                                                        tiny_classifier: Path) -> None:
-    rm = hub.resolve_classifier(None, 500, models_dir=tmp_path, offline=False)
+    rm = store.resolve_classifier(None, 500, models_dir=tmp_path, offline=False)
     path = tmp_path / "classifiers" / "500_model.pth"
-    assert rm == hub.ResolvedModel("classifier", "published:500", path, hub.CLASSIFIER_REPO,
+    assert rm == store.ResolvedModel("classifier", "published:500", path, download.CLASSIFIER_REPO,
                                    COMMIT2, {"500_model.pth": sha256(tiny_classifier)})
-    (entry,) = hub.read_manifest(tmp_path)["models"]
+    (entry,) = manifest_file.read_manifest(tmp_path)["models"]
     assert entry["source"] == f"file://{github}/raw/{COMMIT2}/500_model.pth"
     assert entry["files"]["classifiers/500_model.pth"]["sha256"] == sha256(tiny_classifier)
     assert [p.name for p in path.parent.iterdir()] == ["500_model.pth"]  # no temp left
-    assert hub.resolve_classifier(None, 500, models_dir=tmp_path, offline=True) == rm
+    assert store.resolve_classifier(None, 500, models_dir=tmp_path, offline=True) == rm
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ModelError, match=r"500_model\.pth changed since it was downloaded"):
-        hub.resolve_classifier(None, 500, models_dir=tmp_path, offline=True)
+        store.resolve_classifier(None, 500, models_dir=tmp_path, offline=True)
 
 
 def test_classifier_download_follows_lfs_pointer(tmp_path: Path, github: Path,
@@ -434,37 +435,37 @@ def test_classifier_download_follows_lfs_pointer(tmp_path: Path, github: Path,
     raw.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1\n")
     (github / "media" / COMMIT2).mkdir(parents=True)
     shutil.copyfile(tiny_classifier, github / "media" / COMMIT2 / "300_model.pth")
-    path = hub.download_classifier(300, tmp_path, progress=False)
+    path = download.download_classifier(300, tmp_path, progress=False)
     assert sha256(path) == sha256(tiny_classifier)
-    (entry,) = hub.read_manifest(tmp_path)["models"]
+    (entry,) = manifest_file.read_manifest(tmp_path)["models"]
     assert entry["source"] == f"file://{github}/media/{COMMIT2}/300_model.pth"
 
 
 def test_classifier_download_refuses_other_content(tmp_path: Path, github: Path) -> None:
     (github / "raw" / COMMIT2 / "300_model.pth").write_text("<html>rate limited</html>")
     with pytest.raises(ModelError, match="did not serve a PyTorch file"):
-        hub.download_classifier(300, tmp_path, progress=False)
+        download.download_classifier(300, tmp_path, progress=False)
     assert not (tmp_path / "classifiers" / "300_model.pth").exists()
     assert list((tmp_path / "classifiers").iterdir()) == []
 
 
 def test_classifier_branch_is_recorded_when_the_commit_is_unknown(
         tmp_path: Path, github: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub, "GITHUB_COMMIT_API", f"file://{github}/no-api/{{branch}}")
+    monkeypatch.setattr(download, "GITHUB_COMMIT_API", f"file://{github}/no-api/{{branch}}")
     (github / "raw" / "main").mkdir()
     shutil.copyfile(github / "raw" / COMMIT2 / "300_model.pth",
                     github / "raw" / "main" / "300_model.pth")
-    hub.download_classifier(300, tmp_path, progress=False)
-    assert hub.read_manifest(tmp_path)["models"][0]["revision"] == "main"
+    download.download_classifier(300, tmp_path, progress=False)
+    assert manifest_file.read_manifest(tmp_path)["models"][0]["revision"] == "main"
 
 
 def test_download_models_fetches_everything(tmp_path: Path, fake_hub: dict[str, object],
                                             github: Path) -> None:
     dest = tmp_path / "models"
-    manifest = hub.download_models("all", dest, progress=False, dnabert="org/dna-tiny",
+    manifest = store.download_models("all", dest, progress=False, dnabert="org/dna-tiny",
                                    esm="org/esm-tiny")
     assert manifest == dest / "manifest.json"
-    entries = hub.read_manifest(dest)["models"]
+    entries = manifest_file.read_manifest(dest)["models"]
     assert [(e["kind"], e["revision"], e["path"]) for e in entries] == [
         ("classifier", COMMIT2, "classifiers/300_model.pth"),
         ("classifier", COMMIT2, "classifiers/500_model.pth"),
@@ -472,20 +473,20 @@ def test_download_models_fetches_everything(tmp_path: Path, fake_hub: dict[str, 
         ("esm", COMMIT, f"models--org--esm-tiny/snapshots/{COMMIT}"),
     ]
     with pytest.raises(ModelError, match="unknown model type '400'"):
-        hub.download_models("400", dest, progress=False)
+        store.download_models("400", dest, progress=False)
 
 
 # ------------------------------------------------------------------ info
 def test_count_parameters_reads_headers_only(tmp_path: Path) -> None:
     st = make_safetensors_dir(tmp_path / "st", hidden=24)
-    assert hub.count_parameters(st, ["model.safetensors"]) == 33 * 24 + 24 * 24 + 24
+    assert info.count_parameters(st, ["model.safetensors"]) == 33 * 24 + 24 * 24 + 24
     pt = make_bin_dir(tmp_path / "pt", hidden=16)
-    assert hub.count_parameters(pt, ["pytorch_model.bin"]) == 4096 * 16 + 16 * 16
-    assert hub.models_info_params(pt) == 4096 * 16 + 16 * 16
-    assert hub.models_info_params(st) == 33 * 24 + 24 * 24 + 24
+    assert info.count_parameters(pt, ["pytorch_model.bin"]) == 4096 * 16 + 16 * 16
+    assert info.models_info_params(pt) == 4096 * 16 + 16 * 16
+    assert info.models_info_params(st) == 33 * 24 + 24 * 24 + 24
     (st / "model.safetensors").write_bytes(b"\xff" * 16)
     with pytest.raises(ModelError, match="not a readable safetensors file"):
-        hub.count_parameters(st, ["model.safetensors"])
+        info.count_parameters(st, ["model.safetensors"])
 
 
 def test_models_info_cli_on_local_dirs(tmp_path: Path, tiny_classifier: Path,
@@ -538,7 +539,7 @@ def test_models_info_never_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_models_info_reports_a_broken_download(tmp_path: Path, fake_hub: dict[str, object],
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    rm = hub.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=tmp_path)
+    rm = store.resolve_model("org/esm-tiny", "esm", offline=False, cache_dir=tmp_path)
     (rm.path / "vocab.txt").resolve().write_text("changed")
     rc = main(["models", "info", "--esm", "org/esm-tiny", "--models-dir", str(tmp_path)])
     out = capsys.readouterr().out
@@ -558,9 +559,9 @@ def test_models_download_cli(tmp_path: Path, fake_hub: dict[str, object], github
                              monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str]) -> None:
     # The command downloads the defaults: point them at the stand-in repos.
-    monkeypatch.setattr(hub.download_models, "__kwdefaults__",
+    monkeypatch.setattr(store.download_models, "__kwdefaults__",
                         {"progress": True, "dnabert": "org/dna-tiny", "esm": "org/esm-tiny"})
     assert main(["models", "download", "--model-type", "300", "--dest", str(tmp_path / "m")]) == 0
     assert capsys.readouterr().out == f"models recorded in {tmp_path / 'm' / 'manifest.json'}\n"
-    assert [e["kind"] for e in hub.read_manifest(tmp_path / "m")["models"]] == \
+    assert [e["kind"] for e in manifest_file.read_manifest(tmp_path / "m")["models"]] == \
         ["classifier", "dnabert", "esm"]

@@ -39,8 +39,8 @@ def _reference_scores(models, frames) -> np.ndarray:
     from tokenizers import Tokenizer
     from transformers import EsmModel
 
-    from virnucpro.classifier import load_classifier
-    from virnucpro.dnabert import load_dnabert
+    from virnucpro.models.classifier import load_classifier
+    from virnucpro.models.dnabert import load_dnabert
 
     dnabert = load_dnabert(models.dnabert_dir)
     tok = Tokenizer.from_file(str(models.dnabert_dir / "tokenizer.json"))

@@ -69,10 +69,35 @@ def test_engine_starts_and_stops_its_own_local_ray(tiny_models, workdir, tmp_pat
     _assert_no_new_ray_processes(before)
     assert predict_results(out) == predict_results(workdir["local"])
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["engine"] == "ray"
+    assert run["config"]["runtime"]["engine"] == "ray"
     assert run["fingerprint"] == json.loads((workdir["local"] / "run.json").read_text())[
         "fingerprint"]
     assert not (out / ".virnucpro").exists()
+
+
+def test_actors_plan_on_their_nodes_of_a_cluster(tiny_models, workdir, tmp_path):
+    """A head node that offers no CPU for work (the driver's) and two worker nodes: the
+    actors go to the worker nodes, settle there, and write what the local engine writes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    before = _ray_pids()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        nodes = {cluster.add_node(num_cpus=1).node_id for _ in range(2)}
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, include_dashboard=False,
+                 logging_level=logging.WARNING)
+        out = tmp_path / "out"
+        assert main(predict_args(tiny_models, [workdir["input"]], out, *COMMON,
+                                 "--engine", "ray")) == 0
+        assert predict_results(out) == predict_results(workdir["local"])
+        workers = json.loads((out / "run.json").read_text())["plan"]["workers"]
+        assert len(workers) == 2 and {w["node"] for w in workers} == nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    _assert_no_new_ray_processes(before)
 
 
 @pytest.fixture(scope="module")
@@ -143,5 +168,15 @@ def test_errors_in_ray_tasks_are_one_line(tiny_models, local_ray, tmp_path, caps
     assert "invalid character" in err and "bad.fa" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
-    assert main(predict_args(tiny_models, ["-"], tmp_path / "out2", "--engine", "ray")) == 1
-    assert "--engine ray cannot read stdin" in capsys.readouterr().err
+
+
+def test_the_driver_streams_the_input_so_stdin_works(tiny_models, workdir, local_ray,
+                                                     tmp_path, monkeypatch):
+    import io
+    import sys
+
+    data = Path(workdir["input"]).read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    out = tmp_path / "out"
+    assert main(predict_args(tiny_models, ["-"], out, *COMMON, "--engine", "ray")) == 0
+    assert predict_results(out) == predict_results(workdir["local"])

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from virnucpro.classifier import load_classifier
 from virnucpro.cli import main
 from virnucpro.errors import ModelError
-from virnucpro.esm import convert_fair_esm
-from virnucpro.safeload import PickledObject, load_pickle, record_type
+from virnucpro.models.classifier import load_classifier
+from virnucpro.models.esm import convert_fair_esm
+from virnucpro.models.safeload import PickledObject, load_pickle, record_type
 
 SYSTEM = f"{os.system.__module__}.system"  # how pickle names os.system ("posix.system")
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import composition_fasta
 
-from virnucpro.classifier import classify, load_classifier
 from virnucpro.cli import main
 from virnucpro.errors import InputError
 from virnucpro.frames import iter_record_frames
+from virnucpro.models.classifier import classify, load_classifier
 from virnucpro.outputs import HISTORY_COLUMNS
 from virnucpro.reader import read_records
 from virnucpro.train import (
@@ -72,11 +72,11 @@ def _cached_features(model_dir: Path) -> tuple[list[str], np.ndarray]:
 
 
 def _no_models(monkeypatch) -> None:
-    """Make any attempt to load an embedding model fail the test."""
-    def refuse(cfg):
-        raise AssertionError("a model was loaded although every feature was cached")
+    """Make any attempt to start the embedding workers (which load the models) fail."""
+    def refuse(*_args):
+        raise AssertionError("workers were started although every feature was cached")
 
-    monkeypatch.setattr("virnucpro.worker.load_models", refuse)
+    monkeypatch.setattr("virnucpro.runtime.engine.Pool", refuse)
 
 
 # ------------------------------------------------------------------ pieces

@@ -14,11 +14,10 @@ import pytest
 
 from virnucpro.cli import main
 from virnucpro.errors import OutputError
+from virnucpro.files import AtomicWriter, atomic_write
 from virnucpro.frames import FRAME_NAMES
 from virnucpro.outputs import (
     SKIPPED_COLUMNS,
-    AtomicWriter,
-    atomic_write,
     check_writable,
     fasta_line,
     fasta_wrapped,

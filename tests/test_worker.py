@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import orf_rich_fasta
 
-import virnucpro.dnabert
-import virnucpro.esm
-from virnucpro.batching import iter_units
+import virnucpro.models.dnabert
+import virnucpro.models.esm
 from virnucpro.frames import iter_record_frames
 from virnucpro.reader import read_records
-from virnucpro.worker import WorkerConfig, load_models, score_unit
+from virnucpro.runtime.batching import iter_units
+from virnucpro.runtime.worker import Settings, WorkerSpec, load_models, score_unit
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,11 @@ def unit(tmp_path_factory):
 
 
 def _models(tiny_models, **kw):
-    cfg = WorkerConfig(dnabert_dir=str(tiny_models.dnabert_dir), esm_dir=str(tiny_models.esm_dir),
-                       classifier_path=kw.pop("classifier", str(tiny_models.classifier_path)),
-                       device="cpu", dtype="float32", dnabert_budget=kw.pop("dna", 4096),
-                       esm_budget=kw.pop("esm", 4096), threads=1, **kw)
-    return load_models(cfg)
+    settings = Settings("fp32", kw.pop("dna", 4096), kw.pop("esm", 4096))
+    spec = WorkerSpec(dnabert_dir=str(tiny_models.dnabert_dir), esm_dir=str(tiny_models.esm_dir),
+                      classifier_path=kw.pop("classifier", str(tiny_models.classifier_path)),
+                      device="cpu", threads=1, **kw)
+    return load_models(spec, settings)
 
 
 def _oom_above(fn, max_rows, calls):
@@ -48,10 +48,10 @@ def test_oom_halves_the_batch_and_loses_nothing(tiny_models, unit, monkeypatch, 
         expect = score_unit(models, unit)
     dna_calls: list[int] = []
     esm_calls: list[int] = []
-    monkeypatch.setattr(virnucpro.dnabert, "embed_dnabert",
-                        _oom_above(virnucpro.dnabert.embed_dnabert, 3, dna_calls))
-    monkeypatch.setattr(virnucpro.esm, "embed_esm",
-                        _oom_above(virnucpro.esm.embed_esm, 2, esm_calls))
+    monkeypatch.setattr(virnucpro.models.dnabert, "embed_dnabert",
+                        _oom_above(virnucpro.models.dnabert.embed_dnabert, 3, dna_calls))
+    monkeypatch.setattr(virnucpro.models.esm, "embed_esm",
+                        _oom_above(virnucpro.models.esm.embed_esm, 2, esm_calls))
     with caplog.at_level(logging.WARNING), torch.inference_mode():
         got = score_unit(models, unit)
     # Every failing batch was split until it fit; every frame was still scored, in order.
@@ -64,8 +64,8 @@ def test_oom_halves_the_batch_and_loses_nothing(tiny_models, unit, monkeypatch, 
 
 def test_oom_on_a_single_row_is_raised(tiny_models, unit, monkeypatch):
     models = _models(tiny_models)
-    monkeypatch.setattr(virnucpro.esm, "embed_esm",
-                        _oom_above(virnucpro.esm.embed_esm, 0, []))
+    monkeypatch.setattr(virnucpro.models.esm, "embed_esm",
+                        _oom_above(virnucpro.models.esm.embed_esm, 0, []))
     with pytest.raises(torch.OutOfMemoryError), torch.inference_mode():
         score_unit(models, unit)
 

@@ -32,7 +32,7 @@ def cli() -> None:
 def translate(inputs: tuple[str, ...], output_dir: Path, chunk_size: int, force: bool) -> None:
     """Chunk INPUTS (FASTA/FASTQ, plain or gzip, '-' for stdin) and write the stop-free
     six-frame translations exactly as the original VirNucPro does."""
-    from virnucpro.pipeline import run_translate
+    from virnucpro.translate import run_translate
 
     summary = run_translate(list(inputs), output_dir, chunk_size=chunk_size, force=force)
     click.echo(f"virnucpro: {summary.sequences} sequences, {summary.chunks} chunks, "
@@ -59,13 +59,22 @@ def selftest(keep: Path | None) -> int:
 
 # ----------------------------------------------------------------------- predict
 def _setup_logging(verbose: int, quiet: bool) -> None:
+    """Log to stderr: through rich on a terminal; one plain line per message otherwise (a
+    file or a pipe gets no wrapping and no padding). `main` restores the caller's logging."""
     import logging
 
-    from rich.logging import RichHandler
-
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = RichHandler(console=_stderr_console(), show_path=False, show_time=False)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=_stderr_console(), show_path=False,
+                                               show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                               "%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def _stderr_console():  # type: ignore[no-untyped-def]
@@ -128,13 +137,19 @@ def _embedding_options(command):  # type: ignore[no-untyped-def]
     return command
 
 
-def _embedding_settings(opts: dict) -> dict:  # type: ignore[type-arg]
-    """Turn the shared options into config fields; sets up logging on the way."""
+def _runtime(opts: dict, **extra: Any):  # type: ignore[no-untyped-def,type-arg]
+    """The shared options as the one RuntimeConfig; sets up logging on the way."""
+    from virnucpro.runtime.plan import RuntimeConfig
+
     verbose, quiet, no_progress = opts.pop("verbose"), opts.pop("quiet"), opts.pop("no_progress")
     _setup_logging(verbose, quiet)
-    return {**opts, "offline": _offline(opts["offline"]),
-            "progress": not (no_progress or quiet) and sys.stderr.isatty(),
-            "command_line": ("virnucpro", *click.get_current_context().obj["argv"])}
+    return RuntimeConfig(**{**opts, "offline": _offline(opts["offline"]),
+                            "progress": not (no_progress or quiet) and sys.stderr.isatty(),
+                            **extra})
+
+
+def _command_line() -> tuple[str, ...]:
+    return ("virnucpro", *click.get_current_context().obj["argv"])
 
 
 @cli.command()
@@ -178,7 +193,8 @@ def predict(inputs: tuple[str, ...], output_dir: Path, model_type: str, model_pa
         inputs=inputs, output_dir=output_dir, model_type=int(model_type), chunk_size=chunk_size,
         classifier=str(model_path) if model_path else None, threshold=threshold,
         resume=resume, force=force, save_embeddings=save_embeddings, shard=shard,
-        engine=engine, ray_address=ray_address, **_embedding_settings(embedding))
+        runtime=_runtime(embedding, engine=engine, ray_address=ray_address),
+        command_line=_command_line())
     run_predict(cfg)
 
 
@@ -196,8 +212,7 @@ def merge(shard_dirs: tuple[Path, ...], output_dir: Path, force: bool, quiet: bo
     from virnucpro.shards import merge_shards
 
     _setup_logging(0, quiet)
-    merge_shards(shard_dirs, output_dir, force=force,
-                 command_line=("virnucpro", *click.get_current_context().obj["argv"]))
+    merge_shards(shard_dirs, output_dir, force=force, command_line=_command_line())
 
 
 # ------------------------------------------------------------------------- train
@@ -253,7 +268,8 @@ def train(viral: tuple[str, ...], other: tuple[str, ...], model_dir: Path, chunk
           **embedding: Any) -> None:
     """Train a classifier on --viral and --other sequences, chunked and embedded as predict
     does; writes MODEL_DIR/model.safetensors, classifier.json and history.tsv."""
-    from virnucpro.train import Recipe, TrainConfig, run_train
+    from virnucpro.fit import Recipe
+    from virnucpro.train import TrainConfig, run_train
 
     recipe = Recipe(hidden_dim=hidden_dim, batchnorm=batchnorm, dropout=dropout, lr=lr,
                     momentum=momentum, lr_step=lr_step, lr_gamma=lr_gamma,
@@ -261,7 +277,7 @@ def train(viral: tuple[str, ...], other: tuple[str, ...], model_dir: Path, chunk
                     val_fraction=val_fraction, split_by=split_by, seed=seed)
     cfg = TrainConfig(viral=viral, other=other, model_dir=model_dir, chunk_size=chunk_size,
                       cds_proteins=cds_proteins, recipe=recipe, features_dir=features_dir,
-                      force=force, **_embedding_settings(embedding))
+                      force=force, runtime=_runtime(embedding), command_line=_command_line())
     run_train(cfg)
 
 
@@ -331,7 +347,7 @@ def models() -> None:
 def models_convert_esm(pt_file: Path, out_dir: Path) -> None:
     """Convert a fair-esm ESM-2 checkpoint FILE.pt into a Hugging Face model directory DIR.
     The file is read without running any code from it."""
-    from virnucpro.esm import convert_fair_esm
+    from virnucpro.models.esm import convert_fair_esm
 
     click.echo(f"ESM-2 model written to {convert_fair_esm(pt_file, out_dir)}")
 
@@ -342,14 +358,14 @@ def models_convert_esm(pt_file: Path, out_dir: Path) -> None:
 def models_convert_classifier(in_path: Path, out: Path) -> None:
     """Convert a published classifier IN.pth into OUT/ (model.safetensors + classifier.json).
     The pickle is read without running any code from it."""
-    from virnucpro.classifier import convert_classifier
+    from virnucpro.models.classifier import convert_classifier
 
     click.echo(f"classifier written to {convert_classifier(in_path, out)}")
 
 
 def _offline(flag: bool) -> bool:
     """--offline, or HF_HUB_OFFLINE set the way huggingface_hub reads it (read here only)."""
-    from virnucpro.hub import env_says_offline
+    from virnucpro.models.store import env_says_offline
 
     return flag or env_says_offline(os.environ.get("HF_HUB_OFFLINE"))
 
@@ -366,7 +382,7 @@ def models_download(model_type: str, dest: Path | None) -> None:
     """Download DNABERT-S, ESM-2 3B and the published classifier(s), and record the revision
     and sha256 of every file in DEST/manifest.json."""
     from virnucpro.errors import ModelError
-    from virnucpro.hub import download_models
+    from virnucpro.models.store import download_models
 
     if _offline(False):
         raise ModelError("HF_HUB_OFFLINE is set: unset it to download models")
@@ -392,12 +408,12 @@ def models_info(ctx: click.Context, model_type: str, model_path: Path | None, dn
                 esm: str, models_dir: Path | None, offline: bool, verify: bool) -> None:
     """Show the models a run would use: paths, revisions, sizes, parameters, dimensions.
     Never downloads; exits 1 if a run could not load one of them."""
-    from virnucpro import hub
+    from virnucpro.models import info
 
-    rows = hub.models_info(dnabert=dnabert, esm=esm, classifier=model_path,
+    rows = info.models_info(dnabert=dnabert, esm=esm, classifier=model_path,
                            model_type=int(model_type), models_dir=models_dir,
                            offline=_offline(offline), verify=verify)
-    click.echo(hub.format_models_info(rows))
+    click.echo(info.format_models_info(rows))
     if any(r["status"] in ("missing", "error") for r in rows):
         ctx.exit(1)
 
@@ -405,7 +421,11 @@ def models_info(ctx: click.Context, model_type: str, model_path: Path | None, dn
 # ----------------------------------------------------------------------- entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code; errors become one line on stderr."""
+    import logging
+
     args = list(sys.argv[1:] if argv is None else argv)
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
     try:
         rv = cli.main(args=args, prog_name="virnucpro", standalone_mode=False,
                      obj={"argv": args})
@@ -423,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("virnucpro: interrupted", err=True)
         return 130
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
     return rv if isinstance(rv, int) else 0
 
 

@@ -15,3 +15,7 @@ class ModelError(VirnucproError):
 
 class OutputError(VirnucproError):
     """An output directory or file that cannot be (over)written."""
+
+
+class ModelNotCachedError(ModelError):
+    """A hub model or published classifier that is not downloaded yet (and we may not fetch)."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from virnucpro import __version__, outputs
+from virnucpro import __version__, files, outputs
 from virnucpro.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def plot_roc(levels: dict[str, Level], metrics: dict[str, Any], path: Path) -> N
             fpr, tpr, _ = roc_curve(lv.labels, lv.scores)
             ax.plot(fpr, tpr, color=LEVEL_COLOURS[name], lw=2, label=f"{name} (AUROC {area:.3f})")
     ax.legend(loc="lower right")
-    with outputs.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
 
@@ -256,7 +256,7 @@ def plot_pr(levels: dict[str, Level], metrics: dict[str, Any], path: Path) -> No
             ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre",
                     color=LEVEL_COLOURS[name], lw=2, label=f"{name} (AUPRC {area:.3f})")
     ax.legend(loc="lower left")
-    with outputs.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
 
@@ -287,5 +287,5 @@ def run_evaluate(pred_dir: Path, truth: dict[str, bool], out_dir: Path | None = 
     paths = outputs.evaluate_paths(out_dir)
     plot_roc(levels, metrics, paths["roc"])
     plot_pr(levels, metrics, paths["pr"])
-    outputs.write_json(paths["metrics"], record)
+    files.write_json(paths["metrics"], record)
     return record

@@ -8,35 +8,23 @@ interrupted run never leaves a partial file behind an expected name.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import json
 import os
-import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 
 from virnucpro.errors import OutputError
-from virnucpro.frames import SKIP_EMPTY, SKIP_NO_FRAME, Frame, RecordFrames
-from virnucpro.verdicts import (
-    NO_CALL,
-    NOT_VIRUS,
-    VIRUS,
-    call,
-    chunk_score,
-    is_virus_original,
-    sequence_score,
-)
+from virnucpro.files import ExternalSort, os_error, write_json
+from virnucpro.frames import Frame, RecordFrames
+from virnucpro.verdicts import NO_CALL, NOT_VIRUS, VIRUS, record_verdicts
 
 __all__ = [
     "FASTA_WIDTH",
     "SKIPPED_COLUMNS",
-    "AtomicWriter",
     "TranslateOutputs",
-    "atomic_write",
     "check_writable",
     "fasta_line",
     "fasta_wrapped",
@@ -117,64 +105,6 @@ def check_writable(paths: Sequence[Path], force: bool) -> None:
             raise OutputError(f"{path}: cannot write in {parent} (permission denied)")
 
 
-class AtomicWriter:
-    """Opens files under temporary names beside their final path; `commit()` renames them all
-    into place, `discard()` deletes them. As a context manager it commits on success and
-    discards on error."""
-
-    def __init__(self) -> None:
-        self._files: list[tuple[Path, Path, TextIO]] = []
-
-    def open(self, path: Path) -> TextIO:
-        """A text handle (UTF-8, '\\n' line ends) for what will become `path`."""
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            # os.open with 0o666 lets the umask decide the final permissions, as open() would.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-        handle = open(fd, "w", encoding="utf-8", newline="\n", buffering=1 << 20)  # noqa: SIM115
-        self._files.append((path, tmp, handle))
-        return handle
-
-    def commit(self) -> None:
-        """Close every file and move it to its final name."""
-        while self._files:
-            path, tmp, handle = self._files[0]
-            try:
-                handle.close()
-                os.replace(tmp, path)
-            except OSError as exc:
-                self.discard()
-                raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-            self._files.pop(0)
-
-    def discard(self) -> None:
-        """Close and delete every file not yet committed."""
-        for _, tmp, handle in self._files:
-            with contextlib.suppress(OSError):
-                handle.close()
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        self._files = []
-
-    def __enter__(self) -> AtomicWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
-
-
-@contextlib.contextmanager
-def atomic_write(path: Path) -> Iterator[TextIO]:
-    """Write one file atomically: `with atomic_write(p) as fh: fh.write(...)`."""
-    with AtomicWriter() as writer:
-        yield writer.open(path)
-
-
 # ------------------------------------------------------------------ predict outputs
 PREDICT_FILES = {
     "predictions": "prediction_results.txt",
@@ -185,6 +115,7 @@ PREDICT_FILES = {
     "run": "run.json",
 }
 EMBEDDINGS_DIR = "embeddings"
+STATE_DIR = ".virnucpro"  # an unfinished run's state and saved units; removed when it ends
 PREDICTION_COLUMNS = ("Sequence_ID", "Prediction", "score1", "score2")
 HIGHEST_COLUMNS = ("Modified_ID", "Is_Virus")
 SEQUENCE_COLUMNS = ("seq_id", "length", "n_chunks", "n_chunks_scored", "n_frames",
@@ -219,17 +150,19 @@ class PredictWriter:
                  save_embeddings: bool = False) -> None:
         self.paths = predict_paths(out_dir)
         self.tmp_dir = Path(tmp_dir)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.threshold = threshold
         self.save_embeddings = save_embeddings
-        self._fh = {role: (self.tmp_dir / self.paths[role].name).open("w", newline="\n")
-                    for role in ("predictions", "sequences", "chunks", "viral")}
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self._fh = {role: (self.tmp_dir / self.paths[role].name).open("w", newline="\n")
+                        for role in ("predictions", "sequences", "chunks", "viral")}
+        except OSError as exc:
+            raise os_error(self.tmp_dir, exc) from None
         self._fh["predictions"].write(tsv_row(PREDICTION_COLUMNS))
         self._fh["sequences"].write(tsv_row(SEQUENCE_COLUMNS))
         self._fh["chunks"].write(tsv_row(CHUNK_COLUMNS))
-        self._highest: list[str] = []  # formatted rows, not yet in a sorted run on disk
-        self._runs: list[Path] = []
-        self._n_runs = 0
+        # Chunk rows of the original's file, sorted by id at the end.
+        self._highest = ExternalSort(self.tmp_dir, "highest", _SORT_RUN_ROWS, _MERGE_FAN_IN)
         self._n_units = 0
         self.frames_written = 0
         self._counts = {"sequences": 0, "bases": 0, "chunks": 0, "chunks_scored": 0,
@@ -239,127 +172,91 @@ class PredictWriter:
             features: np.ndarray | None = None) -> None:
         """Write the rows of consecutive records whose frames have these [n, 2] scores."""
         pos = 0
-        for rf in records:
-            n = sum(len(f) for f in rf.frames)
-            self._add_record(rf, scores[pos:pos + n])
-            pos += n
-        assert pos == len(scores), "scores do not match the frames of these records"
-        if self.save_embeddings and features is not None and len(features):
-            ids = [f.id for rf in records for fs in rf.frames for f in fs]
-            np.savez(self.tmp_dir / f"{EMBEDDINGS_DIR}_{self._n_units:06d}.npz",
-                     frame_ids=np.array(ids, dtype=str), features=features)
+        try:
+            for rf in records:
+                n = sum(len(f) for f in rf.frames)
+                self._add_record(rf, scores[pos:pos + n])
+                pos += n
+            assert pos == len(scores), "scores do not match the frames of these records"
+            if self.save_embeddings and pos:
+                self._add_features(records, features)
+        except OSError as exc:
+            raise os_error(self.tmp_dir, exc) from None
         self._n_units += 1
         self.frames_written += pos
-        if len(self._highest) >= _SORT_RUN_ROWS:
-            self._spill()
+
+    def _add_features(self, records: Sequence[RecordFrames], features: np.ndarray | None,
+                      ) -> None:
+        ids = [f.id for rf in records for fs in rf.frames for f in fs]
+        if features is None or len(features) != len(ids):
+            raise OutputError(f"{self.paths['run'].parent}: the features of {len(ids)} frames "
+                              "are missing; rerun with --force to recompute them")
+        np.savez(self.tmp_dir / f"{EMBEDDINGS_DIR}_{self._n_units:06d}.npz",
+                 frame_ids=np.array(ids, dtype=str), features=features)
 
     def _add_record(self, rf: RecordFrames, scores: np.ndarray) -> None:
-        rec, pos, chunk_scores = rf.record, 0, []
-        frames_out = []
-        for chunk, frames in zip(rf.chunks, rf.frames, strict=True):
-            s = scores[pos:pos + len(frames)]
-            pos += len(frames)
-            score = chunk_score(s) if len(frames) else None
-            chunk_scores.append(score)
-            v = call(score, self.threshold, SKIP_NO_FRAME)
+        rec = rf.record
+        rv = record_verdicts([len(f) for f in rf.frames], scores, self.threshold,
+                             empty=not rec.seq)
+        pos, frames_out = 0, []
+        for chunk, frames, cv in zip(rf.chunks, rf.frames, rv.chunks, strict=True):
+            v = cv.verdict
             self._fh["chunks"].write(tsv_row((chunk.id, rec.id, chunk.start, chunk.end,
-                                           len(frames), _fmt_opt(score), v.call)))
+                                              len(frames), _fmt_opt(v.score), v.call)))
             if frames:
                 # The original's chunk id is the frame id minus its last two characters.
-                self._highest.append(tsv_row((frames[0].id[:-2], is_virus_original(s))))
-                frames_out.extend(frame_lines(frames, s))
+                self._highest.add(tsv_row((frames[0].id[:-2], cv.is_virus_original)))
+                frames_out.extend(frame_lines(frames, scores[pos:pos + len(frames)]))
+                pos += len(frames)
         self._fh["predictions"].writelines(frames_out)
-        seq_score = sequence_score(chunk_scores)
-        v = call(seq_score, self.threshold, SKIP_EMPTY if not rec.seq else SKIP_NO_FRAME)
-        n_frames = sum(len(f) for f in rf.frames)
+        v = rv.sequence
         self._fh["sequences"].write(tsv_row((
-            rec.id, len(rec.seq), len(rf.chunks), sum(s is not None for s in chunk_scores),
-            n_frames, _fmt_opt(seq_score), v.call, v.reason)))
+            rec.id, len(rec.seq), len(rf.chunks), rv.n_chunks_scored, rv.n_frames,
+            _fmt_opt(v.score), v.call, v.reason)))
         if v.call == VIRUS:
             self._fh["viral"].write(fasta_wrapped(rec.header, rec.seq))
         c = self._counts
         c["sequences"] += 1
         c["bases"] += len(rec.seq)
         c["chunks"] += len(rf.chunks)
-        c["chunks_scored"] += sum(s is not None for s in chunk_scores)
-        c["frames"] += n_frames
+        c["chunks_scored"] += rv.n_chunks_scored
+        c["frames"] += rv.n_frames
         c["predictions"][v.call] += 1
-
-    def _spill(self) -> None:
-        self._highest.sort()
-        self._runs.append(self._write_run(self._highest))
-        self._highest = []
-
-    def _write_run(self, lines: Iterable[str]) -> Path:
-        path = self.tmp_dir / f"highest_{self._n_runs:06d}.tsv"
-        self._n_runs += 1
-        with path.open("w", newline="\n") as fh:
-            fh.writelines(lines)
-        return path
-
-    def _merge_highest(self) -> Path:
-        """Sort all chunk rows by Modified_ID (as strings, as the original does) without
-        holding them all in memory: sorted runs on disk, merged a bounded number at a time.
-
-        Rows are sorted as whole lines: ids hold no whitespace and the tab after an id sorts
-        before any character of a longer id, so line order is id order."""
-        self._highest.sort()
-        runs = [*self._runs, self._write_run(self._highest)]
-        self._highest = []
-        while len(runs) > _MERGE_FAN_IN:  # keep the number of open files bounded
-            runs = [self._merge_runs(runs[i:i + _MERGE_FAN_IN])
-                    for i in range(0, len(runs), _MERGE_FAN_IN)]
-        out = self.tmp_dir / self.paths["highest"].name
-        with out.open("w", newline="\n") as fh:
-            fh.write(tsv_row(HIGHEST_COLUMNS))
-            self._merge_into(runs, fh)
-        return out
-
-    def _merge_runs(self, runs: list[Path]) -> Path:
-        path = self._write_run(())
-        with path.open("w", newline="\n") as fh:
-            self._merge_into(runs, fh)
-        return path
-
-    @staticmethod
-    def _merge_into(runs: list[Path], fh: TextIO) -> None:
-        with contextlib.ExitStack() as stack:
-            files = [stack.enter_context(p.open()) for p in runs]
-            fh.writelines(heapq.merge(*files))
-        for p in runs:
-            p.unlink()
 
     def counts(self) -> dict[str, object]:
         return json.loads(json.dumps(self._counts))
 
     def finish(self, run_record: dict[str, object]) -> None:
         """Move every output into place; run.json goes last."""
-        for fh in self._fh.values():
-            fh.close()
-        highest = self._merge_highest()
-        for role in ("predictions", "sequences", "chunks", "viral"):
-            os.replace(self.tmp_dir / self.paths[role].name, self.paths[role])
-        os.replace(highest, self.paths["highest"])
-        if self.save_embeddings:
-            emb_dir = self.paths["run"].parent / EMBEDDINGS_DIR
-            emb_dir.mkdir(exist_ok=True)
-            for p in sorted(self.tmp_dir.glob(f"{EMBEDDINGS_DIR}_*.npz")):
-                os.replace(p, emb_dir / p.name.replace(f"{EMBEDDINGS_DIR}_", "unit_"))
+        try:
+            for fh in self._fh.values():
+                fh.close()
+            highest = self.tmp_dir / self.paths["highest"].name
+            with highest.open("w", newline="\n") as fh:
+                # Whole lines sort as ids: ids hold no whitespace, and the tab after an id
+                # sorts before any character of a longer id.
+                fh.write(tsv_row(HIGHEST_COLUMNS))
+                self._highest.write_sorted(fh)
+            for role in ("predictions", "sequences", "chunks", "viral"):
+                os.replace(self.tmp_dir / self.paths[role].name, self.paths[role])
+            os.replace(highest, self.paths["highest"])
+            if self.save_embeddings:
+                emb_dir = self.paths["run"].parent / EMBEDDINGS_DIR
+                emb_dir.mkdir(exist_ok=True)
+                for p in sorted(self.tmp_dir.glob(f"{EMBEDDINGS_DIR}_*.npz")):
+                    os.replace(p, emb_dir / p.name.replace(f"{EMBEDDINGS_DIR}_", "unit_"))
+        except OSError as exc:
+            raise os_error(self.paths["run"].parent, exc) from None
         write_json(self.paths["run"], run_record)
 
     def abort(self) -> None:
         for fh in self._fh.values():
-            fh.close()
+            with contextlib.suppress(OSError):
+                fh.close()
 
 
 def _fmt_opt(score: float | None) -> str:
     return "" if score is None else format_score(score)
-
-
-def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically (indented, keys in insertion order, final newline)."""
-    with atomic_write(path) as fh:
-        fh.write(json.dumps(data, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------ train, evaluate and plot
@@ -391,21 +288,6 @@ def plot_paths(out_dir: Path) -> dict[str, Path]:
 def format_metric(x: float | None) -> str:
     """A metric in a TSV cell: 6 significant digits, empty when undefined."""
     return "" if x is None else f"{x:.6g}"
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` for a writer that wants a file name (a figure);
-    renamed to `path` when the block succeeds, deleted when it fails."""
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def read_table(path: Path, columns: Sequence[str]) -> Iterator[list[str]]:

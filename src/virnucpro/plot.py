@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virnucpro import outputs
+from virnucpro import files, outputs
 from virnucpro.errors import InputError
 from virnucpro.verdicts import NO_CALL, NOT_VIRUS, VIRUS
 
@@ -116,7 +116,7 @@ def plot_tracks(tracks: list[SequenceTrack], threshold: float, path: Path) -> No
     handles.append(Line2D([], [], color="0.4", ls=":", label=f"threshold {threshold:g}"))
     fig.legend(handles=handles, loc="outside upper right", ncols=len(handles), fontsize=9,
                frameon=False)
-    with outputs.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
 
@@ -138,7 +138,7 @@ def plot_histogram(tracks: list[SequenceTrack], threshold: float, path: Path) ->
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="best", frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    with outputs.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
 
@@ -162,7 +162,7 @@ def write_html(pred_dir: Path, shown: list[SequenceTrack], images: list[Path],
         + "".join(img(p) for p in images)
         + "<table><tr><th>seq_id</th><th>length</th><th>virus_score</th><th>prediction</th>"
         f"<th>chunks</th></tr>{rows}</table>\n</body></html>\n")
-    with outputs.atomic_write(path) as fh:
+    with files.atomic_write(path) as fh:
         fh.write(page)
 
 

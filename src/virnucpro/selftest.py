@@ -68,6 +68,7 @@ def run_selftest(workdir: Path | None = None,
     from virnucpro.frames import iter_record_frames
     from virnucpro.predict import PredictConfig, run_predict
     from virnucpro.reader import read_records
+    from virnucpro.runtime.plan import RuntimeConfig
     from virnucpro.testing import make_tiny_models
 
     with tempfile.TemporaryDirectory(prefix="virnucpro-selftest-") as tmp:
@@ -79,9 +80,10 @@ def run_selftest(workdir: Path | None = None,
         n_frames = sum(len(fs) for rf in records for fs in rf.frames)
         say(f"running predict on {example.name} ({len(records)} records, {n_frames} frames) ...")
         out = root / "predict"
-        cfg = PredictConfig(inputs=(str(example),), output_dir=out, dnabert=str(models.dnabert_dir),
-                            esm=str(models.esm_dir), classifier=str(models.classifier_path),
-                            device="cpu", offline=True, progress=False, force=True,
+        runtime = RuntimeConfig(dnabert=str(models.dnabert_dir), esm=str(models.esm_dir),
+                                device="cpu", offline=True, progress=False)
+        cfg = PredictConfig(inputs=(str(example),), output_dir=out, runtime=runtime,
+                            classifier=str(models.classifier_path), force=True,
                             command_line=("virnucpro", "selftest"))
         run_predict(cfg)
         checks = _check_outputs(out, len(records), n_frames)

@@ -11,13 +11,10 @@ units (`units/NNNNNN.npz`: frame ids, scores and, with --save-embeddings, the fe
 its shard saved, to the same writer a single run uses: the files come out byte-identical to a
 single run's by construction.
 
-`predict` imports this module, so merge imports what it needs from `predict` when it runs.
 """
 
 from __future__ import annotations
 
-import heapq
-import json
 import logging
 import re
 import shutil
@@ -27,17 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from virnucpro import outputs
-from virnucpro.batching import WorkUnit
-from virnucpro.engine import load_unit, unit_path
+from virnucpro import files, outputs
 from virnucpro.errors import InputError, OutputError
-from virnucpro.worker import UnitResult, empty_result
+from virnucpro.runtime.batching import WorkUnit
+from virnucpro.runtime.plan import input_record
+from virnucpro.runtime.units import (
+    UNITS_DIR,
+    Balancer,
+    UnitStream,
+    load_unit,
+    unit_path,
+)
+from virnucpro.runtime.worker import UnitResult, empty_result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SHARD_FILE = "shard.json"  # written just before run.json; see `write_shard_record`
-UNITS_DIR = "units"  # as engine.unit_path names them, so engine.load_unit reads them here
 SHARD_FORMAT = 1
 
 
@@ -57,33 +60,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-class Balancer:
-    """Gives each unit, in order, to the shard with the least work so far (the lowest
-    number on ties). Deterministic, and balanced by residues + bases, not by unit count."""
-
-    def __init__(self, count: int) -> None:
-        self._heap = [(0, k) for k in range(1, count + 1)]  # (work so far, shard): a heap
-
-    def assign(self, cost: int) -> int:
-        load, shard = self._heap[0]
-        heapq.heapreplace(self._heap, (load + cost, shard))
-        return shard
-
-
-def select_shard(units: Iterable[tuple[WorkUnit, T]], shard: tuple[int, int],
-                 ) -> Iterator[tuple[WorkUnit, T]]:
-    """The units of shard I of N; the others are read and dropped without scoring."""
-    index, count = shard
-    balancer = Balancer(count)
-    for unit, payload in units:
-        if balancer.assign(unit.cost) == index:
-            yield unit, payload
-
-
 def write_shard_record(out_dir: Path, run_fingerprint: str, shard: tuple[int, int],
                        units: Sequence[int]) -> None:
     """shard.json: which run this is a part of, which part, and the units it scored."""
-    outputs.write_json(shard_paths(out_dir)["shard"], {
+    files.write_json(shard_paths(out_dir)["shard"], {
         "format": SHARD_FORMAT, "run_fingerprint": run_fingerprint, "shard": shard[0],
         "shards": shard[1], "units": list(units)})
 
@@ -113,12 +93,7 @@ class Shard:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from None
+    return files.read_json(path, error=InputError, missing_ok=True)
 
 
 def read_shard(shard_dir: Path) -> Shard:
@@ -184,13 +159,11 @@ def check_complete(shards: Sequence[Shard]) -> list[Shard]:
 
 def locate_inputs(shards: Sequence[Shard]) -> tuple[str, ...]:
     """The run's input files: a path one of the shards recorded whose content is unchanged."""
-    from virnucpro.predict import _input_record
-
     found = []
     for k, want in enumerate(shards[0].run["inputs"]):
         tried = dict.fromkeys(s.run["inputs"][k]["path"] for s in shards)
         for path in tried:
-            if Path(path).is_file() and _input_record(path)["sha256"] == want["sha256"]:
+            if Path(path).is_file() and input_record(path)["sha256"] == want["sha256"]:
                 found.append(path)
                 break
         else:
@@ -234,11 +207,11 @@ def _owned_units(shards: Sequence[Shard], stream: Iterable[tuple[WorkUnit, T]],
             raise InputError(f"{s.dir}: lists more units than the inputs have")
 
 
-def _load(shard: Shard, unit: WorkUnit) -> UnitResult:
+def _load(shard: Shard, unit: WorkUnit, need_features: bool) -> UnitResult:
     if unit.n_frames == 0:
         return empty_result(unit)
     try:
-        return load_unit(shard.dir, unit)
+        return load_unit(shard.dir, unit, need_features=need_features)
     except FileNotFoundError:
         raise InputError(f"{unit_path(shard.dir, unit.index)}: missing; shard {shard.name} "
                          "is incomplete") from None
@@ -270,21 +243,18 @@ def merge_shards(shard_dirs: Sequence[Path], out_dir: Path, *, force: bool = Fal
                  command_line: Sequence[str] = ()) -> dict[str, Any]:
     """Write into `out_dir` exactly the files a single run would, from all its shards.
     Returns what run.json records."""
-    from virnucpro.predict import STATE_DIR, UnitStream
-
     t0 = time.perf_counter()
     shards = check_complete([read_shard(Path(d)) for d in shard_dirs])
     inputs = locate_inputs(shards)
-    state = Path(out_dir) / STATE_DIR
+    state = Path(out_dir) / outputs.STATE_DIR
     _prepare_merge_output(out_dir, state, shards, force)
-    params, config = shards[0].run["params"], shards[0].run["config"]
-    tmp = state / "merge"
-    writer = outputs.PredictWriter(out_dir, tmp, params["threshold"],
-                                   bool(config["save_embeddings"]))
+    params = shards[0].run["params"]
+    features = bool(params["save_embeddings"])
+    writer = outputs.PredictWriter(out_dir, state / "merge", params["threshold"], features)
     stream = UnitStream(inputs, params["chunk_size"], params["unit_frames"])
     try:
         for shard, unit, records in _owned_units(shards, stream):
-            result = _load(shard, unit)
+            result = _load(shard, unit, features)
             writer.add(records, result.scores, result.embeddings)
     except BaseException:
         writer.abort()

@@ -28,7 +28,7 @@ def make_tiny_dnabert(out_dir: Path, seed: int = 0) -> Path:
     import torch
 
     import virnucpro
-    from virnucpro.dnabert import DnaBert, load_dnabert_config
+    from virnucpro.models.dnabert import DnaBert, load_dnabert_config
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def make_tiny_esm(out_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import EsmConfig, EsmModel
 
-    from virnucpro.esm import ESM_VOCAB
+    from virnucpro.models.esm import ESM_VOCAB
 
     out_dir = Path(out_dir)
     config = EsmConfig(
@@ -113,10 +113,10 @@ def write_esm_dir(model: Any, out_dir: Path) -> Path:
     """Save an `EsmModel` as an HF ESM-2 directory (config, safetensors, vocab, tokenizer)."""
     from transformers import EsmTokenizer
 
-    from virnucpro.esm import ESM_VOCAB, _quiet_transformers
+    from virnucpro.models.esm import ESM_VOCAB, quiet_transformers
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(out_dir, safe_serialization=True)
     vocab = out_dir / "vocab.txt"
     vocab.write_text("\n".join(ESM_VOCAB) + "\n", encoding="utf-8")
@@ -189,8 +189,8 @@ torch.save(model, path)
 
 def make_tiny_models(out_dir: Path, seed: int = 0) -> TinyModels:
     """Write all three tiny models under `out_dir` and return their paths."""
-    from virnucpro.dnabert import load_dnabert_config
-    from virnucpro.esm import load_esm_config
+    from virnucpro.models.dnabert import load_dnabert_config
+    from virnucpro.models.esm import load_esm_config
 
     out_dir = Path(out_dir)
     dnabert_dir = make_tiny_dnabert(out_dir / "dnabert-s", seed=seed)

@@ -17,64 +17,43 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from virnucpro import __version__, outputs
-from virnucpro.batching import WorkUnit, iter_units
-from virnucpro.classifier import INFO_FILE, WEIGHTS_FILE, ClassifierInfo, MLPClassifier
-from virnucpro.engine import RunStats, finished_units, load_unit, run_units
+from virnucpro import __version__, files, outputs
 from virnucpro.errors import InputError, OutputError
-from virnucpro.evaluate import binary_metrics
+from virnucpro.fit import OTHER, VIRUS, FitResult, Recipe, fit, split_indices
 from virnucpro.frames import RecordFrames, iter_record_frames
-from virnucpro.predict import (
-    PredictConfig,
-    _input_record,
-    _model_record,
-    _resolve_models,
-    _worker_configs,
-)
+from virnucpro.models.classifier import INFO_FILE, WEIGHTS_FILE, ClassifierInfo, MLPClassifier
 from virnucpro.reader import check_inputs, read_records
-from virnucpro.worker import UnitResult, WorkerConfig, empty_result
+from virnucpro.runtime.batching import WorkUnit, iter_units
+from virnucpro.runtime.engine import Job, Plan, RunStats, plan_from_record, run_units
+from virnucpro.runtime.plan import (
+    RuntimeConfig,
+    identity,
+    input_record,
+    model_paths,
+    model_record,
+    requested,
+    resolve_models,
+    worker_specs,
+)
+from virnucpro.runtime.units import finished_units, load_unit
+from virnucpro.runtime.worker import UnitResult, empty_result
 
 log = logging.getLogger(__name__)
 
-VIRUS, OTHER = 1, 0  # class indices, as classifier.CLASS_NAMES = ("others", "virus")
 COMPLETE_FILE = "complete.json"  # in a features cache: every unit is there
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How the MLP is trained. Defaults are the original's train.py."""
-
-    hidden_dim: int = 512
-    batchnorm: bool = True
-    dropout: float = 0.5
-    lr: float = 2e-4
-    momentum: float = 0.9
-    lr_step: int = 10
-    lr_gamma: float = 0.85
-    batch_size: int = 32
-    patience: int = 5
-    max_epochs: int = 200  # the original's num_epochs
-    val_fraction: float = 0.1
-    split_by: str = "frame"  # "frame" (the original's) or "sequence" (no frame of a
-    # validation sequence is trained on)
-    seed: int = 42  # the original's random.seed(42); also picks the balanced frames
+STATE_FILE = "state.json"  # in a features cache: what it holds, and the settled plan
 
 
 @dataclass(frozen=True)
@@ -84,35 +63,13 @@ class TrainConfig:
     viral: tuple[str, ...]
     other: tuple[str, ...]
     model_dir: Path
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     chunk_size: int = 500
     cds_proteins: tuple[str, ...] = ()
     recipe: Recipe = field(default_factory=Recipe)
     features_dir: Path | None = None  # None: MODEL_DIR/features
-    dnabert: str = "zhihan1996/DNABERT-S"
-    esm: str = "facebook/esm2_t36_3B_UR50D"
-    models_dir: Path | None = None
-    device: str = "auto"
-    gpus: str | None = None
-    workers: int | None = None
-    dnabert_budget: int | None = None
-    esm_budget: int | None = None
-    precision: str = "auto"
-    threads: int | None = None
-    unit_frames: int = 2048
-    offline: bool = False
-    progress: bool = True
     force: bool = False
-    command_line: tuple[str, ...] = field(default_factory=tuple)
-
-    def embed_config(self) -> PredictConfig:
-        """The embedding half of this run, in the form predict's planning takes."""
-        return PredictConfig(
-            inputs=(*self.viral, *self.other), output_dir=self.model_dir,
-            chunk_size=self.chunk_size, dnabert=self.dnabert, esm=self.esm,
-            models_dir=self.models_dir, device=self.device, gpus=self.gpus,
-            workers=self.workers, dnabert_budget=self.dnabert_budget,
-            esm_budget=self.esm_budget, precision=self.precision, threads=self.threads,
-            unit_frames=self.unit_frames, offline=self.offline, progress=self.progress)
+    command_line: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------ known CDS proteins
@@ -251,7 +208,7 @@ def kept_records(records: Iterable[tuple[RecordFrames, int]],
 class EmbedPlan:
     """Which features a run needs and where they are cached, settled before any model loads."""
 
-    workers: tuple[WorkerConfig, ...]
+    paths: dict[str, str]  # the model files the workers load
     models: dict[str, dict[str, Any]]
     inputs: dict[str, list[dict[str, Any]]]
     params: dict[str, Any]
@@ -260,26 +217,20 @@ class EmbedPlan:
 
 
 def plan_embedding(cfg: TrainConfig) -> EmbedPlan:
-    """Resolve backbones and devices, identify the inputs and fingerprint the features."""
-    ecfg = cfg.embed_config()
-    models = _resolve_models(ecfg, cfg.chunk_size, classifier=False)
-    workers = _worker_configs(ecfg, models)
-    w0 = workers[0]
-    # As in predict: dtype, device kind, batch budgets and unit size can change features.
-    params = {"chunk_size": cfg.chunk_size, "dtype": w0.dtype,
-              "device_type": w0.device.split(":")[0], "dnabert_budget": w0.dnabert_budget,
-              "esm_budget": w0.esm_budget, "unit_frames": cfg.unit_frames,
-              "balance_seed": cfg.recipe.seed}
-    model_records = {k: _model_record(m) for k, m in models.items()}
-    inputs = {"viral": [_input_record(p) for p in cfg.viral],
-              "other": [_input_record(p) for p in cfg.other],
-              "cds_proteins": [_input_record(p) for p in cfg.cds_proteins]}
-    identity = {"params": params,
-                "inputs": {k: [(i["size"], i["sha256"]) for i in v] for k, v in inputs.items()},
-                "models": {k: m["sha256"] for k, m in model_records.items()}}
-    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    """Resolve backbones, identify the inputs and fingerprint the features (as predict
+    does: settings as asked; how "auto" came out is recorded in the cache)."""
+    models = resolve_models(cfg.runtime)
+    params = {"chunk_size": cfg.chunk_size, "balance_seed": cfg.recipe.seed,
+              **requested(cfg.runtime)}
+    model_records = {k: model_record(m) for k, m in models.items()}
+    inputs = {"viral": [input_record(p) for p in cfg.viral],
+              "other": [input_record(p) for p in cfg.other],
+              "cds_proteins": [input_record(p) for p in cfg.cds_proteins]}
+    fingerprint = files.fingerprint(identity(
+        params, {k: [(i["size"], i["sha256"]) for i in v] for k, v in inputs.items()},
+        model_records))
     root = cfg.features_dir or cfg.model_dir / outputs.FEATURES_DIR
-    return EmbedPlan(workers, model_records, inputs, params, fingerprint,
+    return EmbedPlan(model_paths(models), model_records, inputs, params, fingerprint,
                      Path(root) / fingerprint[:16])
 
 
@@ -323,43 +274,38 @@ class _Collector:
         self.pos = end
 
 
-def _cache_state(plan: EmbedPlan) -> dict[str, Any] | None:
-    """The cache's complete.json when every unit is there, else None; checks the cache is
-    the one this fingerprint names."""
-    state, complete = plan.cache / "state.json", plan.cache / COMPLETE_FILE
-    try:
-        recorded = json.loads(state.read_text())
-    except FileNotFoundError:
+def _cache_state(plan: EmbedPlan) -> dict[str, Any]:
+    """The cache's state.json (created for a new cache); checks the cache is the one this
+    fingerprint names."""
+    path = plan.cache / STATE_FILE
+    hint = f"; delete {plan.cache} to recompute"
+    recorded = files.read_json(path, error=OutputError, missing_ok=True, hint=hint)
+    if recorded is None:
         (plan.cache / "units").mkdir(parents=True, exist_ok=True)
-        outputs.write_json(state, {"fingerprint": plan.fingerprint, "params": plan.params,
-                                   "inputs": plan.inputs, "models": plan.models})
-        return None
-    except (OSError, ValueError) as exc:
-        raise OutputError(f"{state}: unreadable features cache ({exc}); delete "
-                          f"{plan.cache} to recompute") from None
+        recorded = {"fingerprint": plan.fingerprint, "params": plan.params,
+                    "inputs": plan.inputs, "models": plan.models, "plan": None}
+        files.write_json(path, recorded)
     if recorded.get("fingerprint") != plan.fingerprint:
         raise OutputError(f"{plan.cache}: holds features of other inputs; delete it")
-    return json.loads(complete.read_text()) if complete.is_file() else None
+    return recorded
 
 
 def embed_frames(cfg: TrainConfig, plan: EmbedPlan, selection: Selection) -> Features:
     """Features of the kept frames: from the cache where saved, else from the workers."""
     n = int(selection.keep.sum())
     collect = _Collector(n, set(cfg.viral))
-    units = iter_units(kept_records(labelled_records(cfg), selection.keep), cfg.unit_frames)
-    complete = _cache_state(plan)
-    if complete is not None:
+    units = iter_units(kept_records(labelled_records(cfg), selection.keep),
+                       cfg.runtime.unit_frames)
+    state = _cache_state(plan)
+    recorded = plan_from_record(state.get("plan"))
+    if (plan.cache / COMPLETE_FILE).is_file():
         log.info("all features are in the cache %s; no model is loaded", plan.cache)
         for unit, group in units:
             collect(group, _cached(plan.cache, unit))
-        stats = RunStats()
+        stats = RunStats(plan=recorded)
     else:
-        done = finished_units(plan.cache)
-        if done:
-            log.info("features cache %s: %d units already done", plan.cache, len(done))
-        stats = run_units(plan.workers, units, state=plan.cache, done=done, consume=collect,
-                          progress=cfg.progress)
-        outputs.write_json(plan.cache / COMPLETE_FILE, {"units": collect.f.units, "frames": n})
+        stats = _embed(cfg, plan, units, collect, state, recorded)
+        files.write_json(plan.cache / COMPLETE_FILE, {"units": collect.f.units, "frames": n})
     if collect.pos != n:
         raise OutputError(f"{plan.cache}: {collect.pos} cached frames, expected {n}; delete "
                           "it to recompute")
@@ -367,153 +313,40 @@ def embed_frames(cfg: TrainConfig, plan: EmbedPlan, selection: Selection) -> Fea
     return collect.f
 
 
+def _embed(cfg: TrainConfig, plan: EmbedPlan, units: Iterator[tuple[WorkUnit, Any]],
+           collect: _Collector, state: dict[str, Any], recorded: Plan | None) -> RunStats:
+    done = finished_units(plan.cache)
+    if done:
+        log.info("features cache %s: %d units already done", plan.cache, len(done))
+    specs = worker_specs(cfg.runtime, plan.paths, recorded=recorded)
+
+    def on_settled(p: Plan) -> None:
+        files.write_json(plan.cache / STATE_FILE, {**state, "plan": p.record()})
+
+    job = Job(specs, cfg.runtime.request(), plan.cache, frozenset(done), recorded,
+              need_features=True, progress=cfg.runtime.progress)
+    return run_units(job, units, collect, on_settled)
+
+
 def _cached(cache: Path, unit: WorkUnit) -> UnitResult:
     return load_unit(cache, unit) if unit.n_frames else empty_result(unit)
 
 
 # ------------------------------------------------------------------ fitting
-def split_indices(seq_ids: Sequence[str], recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) frame indices, each sorted: a seeded shuffle of frames (the
-    original's), or of sequences so that no sequence is on both sides."""
-    n = len(seq_ids)
-    n_val = int(n * recipe.val_fraction)  # the original: int(total_size * 0.1)
-    rng = np.random.default_rng(recipe.seed)
-    if recipe.split_by == "frame":
-        perm = rng.permutation(n)
-        val = np.sort(perm[:n_val])
-    elif recipe.split_by == "sequence":
-        names, inverse = np.unique(np.asarray(seq_ids, dtype=str), return_inverse=True)
-        order = rng.permutation(len(names))
-        filled = np.cumsum(np.bincount(inverse, minlength=len(names))[order])
-        n_seqs = int(np.searchsorted(filled, n_val)) + 1  # sequences until n_val frames
-        val = np.flatnonzero(np.isin(inverse, order[:n_seqs])) if n_val else np.array([], int)
-    else:
-        raise InputError(f"--split-by must be frame or sequence, got {recipe.split_by!r}")
-    train = np.setdiff1d(np.arange(n), val)
-    if len(val) < 1 or len(train) < 2:
-        raise InputError(f"{n} frames are too few for a {recipe.val_fraction:g} validation "
-                         f"split by {recipe.split_by}")
-    return train, val
 
 
-def new_model(input_dim: int, recipe: Recipe) -> MLPClassifier:
-    """A fresh MLP, initialised as the original's init_weights (xavier uniform weights)."""
-    model = MLPClassifier(input_dim, recipe.hidden_dim, 2, dropout=recipe.dropout)
-    nn.init.xavier_uniform_(model.hidden_layer.weight)
-    nn.init.xavier_uniform_(model.output_layer.weight)
-    if not recipe.batchnorm:
-        model.bn1 = nn.Identity()  # type: ignore[assignment]
-    return model
 
 
-def _as_saved(model: MLPClassifier, recipe: Recipe) -> MLPClassifier:
-    """The model on CPU in eval mode, in the saved layout. Without BatchNorm, bn1 becomes an
-    exact identity (mean 0, variance 1, eps 0, scale 1, shift 0), so the format stays one."""
-    model = model.cpu().eval()
-    if recipe.batchnorm:
-        return model
-    out = MLPClassifier(model.hidden_layer.in_features, recipe.hidden_dim, 2, bn_eps=0.0,
-                        dropout=recipe.dropout)
-    out.hidden_layer.load_state_dict(model.hidden_layer.state_dict())
-    out.output_layer.load_state_dict(model.output_layer.state_dict())
-    return out.eval()
 
 
-@torch.no_grad()
-def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray,
-             device: torch.device) -> dict[str, Any]:
-    """Loss (mean over frames) and metrics of `model` on the frames `idx`, in eval mode."""
-    model.eval()
-    loss, probs, preds = 0.0, [], []
-    for b in range(0, len(idx), 8192):
-        rows = torch.from_numpy(idx[b:b + 8192])
-        logits = model(x[rows].to(device)).float()
-        loss += F.cross_entropy(logits, y[rows].to(device), reduction="sum").item()
-        probs.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
-        preds.append(logits.argmax(1).cpu().numpy())  # ties go to `others`, as in predict
-    labels = y[torch.from_numpy(idx)].numpy() == VIRUS
-    metrics = binary_metrics(labels, np.concatenate(probs), np.concatenate(preds) == VIRUS)
-    return {"loss": loss / len(idx), **metrics}
 
 
-def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-                 y: torch.Tensor, idx: np.ndarray, recipe: Recipe, gen: torch.Generator,
-                 device: torch.device) -> float:
-    """One pass over the training frames in a seeded shuffle; the mean of batch losses (the
-    original's epoch loss)."""
-    model.train()
-    order = torch.from_numpy(idx)[torch.randperm(len(idx), generator=gen)]
-    total, batches = torch.zeros((), device=device), 0
-    for b in range(0, len(order), recipe.batch_size):
-        rows = order[b:b + recipe.batch_size]
-        if len(rows) < 2 and recipe.batchnorm:
-            continue  # BatchNorm cannot train on one row (the original crashes there)
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x[rows].to(device)), y[rows].to(device))
-        loss.backward()
-        opt.step()
-        total += loss.detach()
-        batches += 1
-    return total.item() / max(batches, 1)
 
 
-@dataclass
-class FitResult:
-    model: MLPClassifier  # the best epoch's weights, CPU, eval mode, saved layout
-    history: list[dict[str, Any]]
-    best_epoch: int
-    stopped_early: bool
-    validation: dict[str, Any]  # metrics of the returned model
 
 
-def _history_row(epoch: int, train_loss: float, val: dict[str, Any], lr: float,
-                 seconds: float) -> dict[str, Any]:
-    return {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"], "val_precision": val["precision"],
-            "val_recall": val["recall"], "val_f1": val["f1"], "val_auroc": val["auroc"],
-            "val_auprc": val["auprc"], "lr": lr, "seconds": seconds}
 
 
-def fit(x: np.ndarray, y: np.ndarray, split: tuple[np.ndarray, np.ndarray], recipe: Recipe,
-        device: str = "cpu",
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
-    """Train an MLP with the recipe; seeded, so the same inputs give the same weights."""
-    dev = torch.device(device)
-    train_idx, val_idx = split
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] \
-        if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(recipe.seed)  # weight init and dropout
-        model = new_model(x.shape[1], recipe).to(dev)
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-        sched = torch.optim.lr_scheduler.StepLR(opt, recipe.lr_step, recipe.lr_gamma)
-        gen = torch.Generator().manual_seed(recipe.seed)
-        history: list[dict[str, Any]] = []
-        best_loss, best_state, best_epoch, bad = float("inf"), None, 0, 0
-        for epoch in range(1, recipe.max_epochs + 1):
-            t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
-            train_loss = _train_epoch(model, opt, xt, yt, train_idx, recipe, gen, dev)
-            val = validate(model, xt, yt, val_idx, dev)
-            history.append(_history_row(epoch, train_loss, val, lr, time.perf_counter() - t0))
-            if on_epoch is not None:
-                on_epoch(history[-1])
-            # Early stopping as the original's: improvement means strictly lower loss.
-            # Unlike the original (whose saved "best" state_dict aliased the live weights),
-            # we keep a copy and return the best epoch's weights.
-            if val["loss"] < best_loss:
-                best_loss, best_epoch, bad = val["loss"], epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= recipe.patience:
-                    break
-            sched.step()
-        assert best_state is not None
-        model.load_state_dict(best_state)
-        final = validate(model, xt, yt, val_idx, dev)
-    stopped = len(history) < recipe.max_epochs
-    return FitResult(_as_saved(model, recipe), history, best_epoch, stopped, final)
 
 
 # ------------------------------------------------------------------ outputs
@@ -558,7 +391,8 @@ def _meta(cfg: TrainConfig, plan: EmbedPlan, sel: Selection, feats: Features,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "chunk_size": cfg.chunk_size,
         "backbones": plan.models,
-        "embedding": {k: v for k, v in plan.params.items() if k != "balance_seed"},
+        "embedding": {**{k: v for k, v in plan.params.items() if k != "balance_seed"},
+                      "plan": stats.plan.record() if stats.plan is not None else None},
         "recipe": asdict(cfg.recipe),
         "metrics": {"validation": result.validation, "best_epoch": result.best_epoch,
                     "epochs_run": len(result.history), "stopped_early": result.stopped_early},
@@ -580,7 +414,7 @@ def _meta(cfg: TrainConfig, plan: EmbedPlan, sel: Selection, feats: Features,
 
 def save_trained(model: MLPClassifier, meta: dict[str, Any], model_dir: Path) -> None:
     """Write the classifier files beside each other first, then move them into place."""
-    from virnucpro.classifier import save_classifier
+    from virnucpro.models.classifier import save_classifier
 
     tmp = model_dir / f".train-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -590,6 +424,13 @@ def save_trained(model: MLPClassifier, meta: dict[str, Any], model_dir: Path) ->
     for name in (WEIGHTS_FILE, INFO_FILE):  # classifier.json last: it marks a whole model
         os.replace(tmp / name, model_dir / name)
     tmp.rmdir()
+
+
+def _fit_device(cfg: TrainConfig) -> str:
+    """Where the MLP is fitted: the first device the run may use."""
+    from virnucpro.runtime.devices import parse_devices, visible_gpus
+
+    return parse_devices(cfg.runtime.device, cfg.runtime.gpus, visible_gpus())[0]
 
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
@@ -607,7 +448,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     split = split_indices(feats.seq_ids, cfg.recipe)
     history = _History(outputs.train_paths(cfg.model_dir)["history"], cfg.recipe.max_epochs)
     try:
-        result = fit(feats.x, feats.y, split, cfg.recipe, plan.workers[0].device, history)
+        result = fit(feats.x, feats.y, split, cfg.recipe, _fit_device(cfg), history)
     finally:
         history.close()
     meta = _meta(cfg, plan, selection, feats, split, result, time.perf_counter() - t0)

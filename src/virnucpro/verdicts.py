@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from virnucpro.frames import SKIP_EMPTY, SKIP_NO_FRAME
+
 VIRUS, NOT_VIRUS, NO_CALL = "virus", "not_virus", "no_call"
 
 
@@ -51,3 +53,36 @@ def sequence_score(chunk_scores: list[float | None]) -> float | None:
     """Mean chunk score over the chunks that were scored; None when none was."""
     scored = [s for s in chunk_scores if s is not None]
     return sum(scored) / len(scored) if scored else None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkVerdict:
+    verdict: Verdict  # the chunk's score and call (no_call: no kept frame)
+    n_frames: int
+    is_virus_original: bool | None  # the original's Is_Virus; None without frames
+
+
+@dataclass(frozen=True, slots=True)
+class RecordVerdicts:
+    chunks: tuple[ChunkVerdict, ...]
+    sequence: Verdict
+    n_frames: int
+    n_chunks_scored: int
+
+
+def record_verdicts(frames_per_chunk: list[int], scores: np.ndarray, threshold: float,
+                    empty: bool) -> RecordVerdicts:
+    """Chunk and sequence verdicts of one record from its frames' [n, 2] scores, given how
+    many frames each chunk kept; `empty`: the record has no bases."""
+    pos, chunks = 0, []
+    for n in frames_per_chunk:
+        s = scores[pos:pos + n]
+        pos += n
+        score = chunk_score(s) if n else None
+        chunks.append(ChunkVerdict(call(score, threshold, SKIP_NO_FRAME), n,
+                                   is_virus_original(s) if n else None))
+    assert pos == len(scores), "scores do not match the record's frames"
+    seq = sequence_score([c.verdict.score for c in chunks])
+    reason = SKIP_EMPTY if empty else SKIP_NO_FRAME
+    return RecordVerdicts(tuple(chunks), call(seq, threshold, reason), pos,
+                          sum(c.n_frames > 0 for c in chunks))

@@ -1,7 +1,7 @@
 """ESM-2 protein embeddings via `transformers.EsmModel` (SDPA attention), pooled as VirNucPro does.
 
 Also converts a fair-esm checkpoint (`esm2_*.pt`) into a local Hugging Face model directory,
-reading it with the restricted unpickler of `virnucpro.safeload`.
+reading it with the restricted unpickler of `virnucpro.models.safeload`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from virnucpro.errors import ModelError
-from virnucpro.safeload import load_pickle
+from virnucpro.models.safeload import load_pickle
 
 # The original averaged at most this many residues (fair-esm's `truncation_seq_length`).
 POOL_MAX_RESIDUES = 1024
@@ -70,7 +70,7 @@ def load_esm_config(model_dir: Path) -> EsmInfo:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' progress bars and load reports; we check the report ourselves."""
     from transformers.utils import logging as hf_logging
 
@@ -97,7 +97,7 @@ def load_esm(model_dir: Path, device: str | torch.device = "cpu",
         raise ModelError(f"ESM-2 needs transformers>=5 (found {transformers.__version__})")
     load_esm_config(model_dir)  # a clear error before transformers' own
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             # Safe by construction: a local directory only; model code is transformers' own
             # (never remote code); weights come from model.safetensors, or from a .bin read
             # through torch's weights-only unpickler when no safetensors file exists.

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-import virnucpro.onednn as onednn
-from virnucpro.dnabert import embed_dnabert, load_dnabert
-from virnucpro.esm import embed_esm, load_esm
-from virnucpro.onednn import OneDnnLinear, onednn_linear_works, row_blocks, use_onednn_linears
-from virnucpro.worker import WorkerConfig, load_models
+import virnucpro.runtime.cpu as onednn
+from virnucpro.models.dnabert import embed_dnabert, load_dnabert
+from virnucpro.models.esm import embed_esm, load_esm
+from virnucpro.runtime.cpu import OneDnnLinear, onednn_linear_works, row_blocks, use_onednn_linears
+from virnucpro.runtime.worker import Settings, WorkerSpec, load_models
 
 needs_onednn = pytest.mark.skipif(not onednn_linear_works(),
                                   reason="no oneDNN linear op on this machine")
@@ -73,10 +73,9 @@ def test_models_give_the_same_embeddings_through_onednn(tiny_models):
 
 
 def test_cpu_worker_uses_onednn_where_it_works(tiny_models):
-    cfg = WorkerConfig(dnabert_dir=str(tiny_models.dnabert_dir), esm_dir=str(tiny_models.esm_dir),
-                       classifier_path=None, device="cpu", dtype="float32", dnabert_budget=512,
-                       esm_budget=512, threads=1)
-    models = load_models(cfg)
+    spec = WorkerSpec(dnabert_dir=str(tiny_models.dnabert_dir), esm_dir=str(tiny_models.esm_dir),
+                      classifier_path=None, device="cpu", threads=1)
+    models = load_models(spec, Settings("fp32", 512, 512))
     kinds = {type(m) for net in (models.dnabert, models.esm) for m in net.modules()}
     if onednn_linear_works():
         assert OneDnnLinear in kinds and nn.Linear not in kinds
@@ -91,3 +90,30 @@ def test_other_machines_keep_nn_linear(monkeypatch):
     assert not onednn_linear_works()
     assert use_onednn_linears(model) == 0 and type(model[0]) is nn.Linear
     assert model[0].weight.requires_grad
+
+
+# ------------------------------------------------------------------ CPUs this process may use
+@pytest.mark.parametrize(("text", "expected"), [
+    ("max 100000\n", None), ("200000 100000\n", 2.0), ("150000 100000", 1.5),
+    ("50000 100000", 0.5), ("", None), (None, None), ("garbage", None), ("1 0", None),
+])
+def test_cgroup_v2_cpu_max(text, expected):
+    assert onednn.parse_cpu_max(text) == expected
+
+
+@pytest.mark.parametrize(("quota", "period", "expected"), [
+    ("-1\n", "100000\n", None), ("400000", "100000", 4.0), ("x", "1", None), (None, None, None),
+])
+def test_cgroup_v1_cfs_quota(quota, period, expected):
+    assert onednn.parse_cfs_quota(quota, period) == expected
+
+
+def test_available_cpus_follows_affinity_and_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(onednn.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(onednn, "_own_cgroup_v2", lambda: "/job")
+    assert onednn.available_cpus(tmp_path) == 4  # no cgroup files: the affinity mask
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "cpu.max").write_text("250000 100000\n")
+    assert onednn.available_cpus(tmp_path) == 2  # 2.5 CPUs of quota: 2 threads
+    (tmp_path / "job" / "cpu.max").write_text("50000 100000\n")
+    assert onednn.available_cpus(tmp_path) == 1  # never fewer than one

@@ -1,4 +1,11 @@
-"""CPU linear layers through oneDNN, in blocks of a few fixed shapes: same products, faster.
+"""The CPU fast path and a worker's own process settings (never the caller's).
+
+- `use_onednn_linears`: CPU linear layers through oneDNN, in blocks of a few fixed shapes;
+- `keep_freed_buffers` / `release_free_memory`: glibc malloc tuned for big activations;
+- `available_cpus`: the CPUs this process may use (affinity mask and cgroup quota);
+- `apply_process_settings`: what a worker process sets for itself at start.
+
+oneDNN linears: same products, faster.
 
 PyTorch sends an fp32 `nn.Linear` on the CPU to its BLAS, which is MKL in the official
 wheels. On AMD CPUs MKL takes a generic path: on the Zen 5 machine of our benchmarks it
@@ -23,7 +30,11 @@ here are for inference only (oneDNN's op has no gradient), so their weights are 
 
 from __future__ import annotations
 
+import math
+import os
 import platform
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -121,3 +132,119 @@ def _as_onednn(linear: nn.Linear) -> OneDnnLinear:
     new.weight = linear.weight
     new.bias = linear.bias
     return new.train(linear.training)
+
+
+# ------------------------------------------------------------------ process settings
+def apply_process_settings(device: str, threads: int) -> None:
+    """What a worker process sets for itself before loading models: torch's thread count
+    and, on CPU, glibc's malloc thresholds (`keep_freed_buffers`). Process-wide, so it is
+    called in worker processes only; the caller's process keeps its settings."""
+    torch.set_num_threads(threads)
+    if device == "cpu":
+        keep_freed_buffers()
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity mask (taskset, SLURM, cpusets), capped by a
+    cgroup CPU quota (containers); `os.cpu_count()` sees neither."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        n = min(n, max(1, math.floor(quota)))
+    return max(1, n)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs' worth of time the cgroup of this process may use, or None when unlimited.
+    cgroup v2 (`cpu.max`) in this process's own group and the root; else cgroup v1."""
+    own = _own_cgroup_v2()
+    for path in ([root / own.lstrip("/") / "cpu.max"] if own else []) + [root / "cpu.max"]:
+        quota = parse_cpu_max(_read(path))
+        if quota is not None:
+            return quota
+    return parse_cfs_quota(_read(root / "cpu" / "cpu.cfs_quota_us"),
+                           _read(root / "cpu" / "cpu.cfs_period_us"))
+
+
+def parse_cpu_max(text: str | None) -> float | None:
+    """cgroup v2 `cpu.max` ("max 100000" or "QUOTA PERIOD") as a number of CPUs."""
+    parts = (text or "").split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        return int(parts[0]) / int(parts[1])
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def parse_cfs_quota(quota: str | None, period: str | None) -> float | None:
+    """cgroup v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us` as a number of CPUs (-1: none)."""
+    try:
+        q, p = int((quota or "").strip()), int((period or "").strip())
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _own_cgroup_v2() -> str | None:
+    for line in (_read(Path("/proc/self/cgroup")) or "").splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip()
+    return None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------ glibc malloc
+def keep_freed_buffers() -> None:
+    """Let glibc reuse big freed buffers instead of unmapping them (glibc only; else a no-op).
+
+    glibc serves blocks above its mmap threshold (at most 32 MiB) straight from the OS and
+    unmaps them on free, so every layer of every batch page-faults its widest activations
+    in afresh (tens of MiB: DNABERT-S's gated MLP at 2048 tokens is 48 MiB). Raising the
+    threshold and the trim threshold keeps them in the heap between uses; whoever scores units
+    calls `release_free_memory` after each, so resident memory stays bounded. Process-wide;
+    set by `apply_process_settings` in CPU workers.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_KEEP_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_KEEP_BYTES)
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc only; elsewhere a no-op).
+
+    Batches of ever-changing shapes leave the C heap fragmented, so without this a worker's
+    resident memory creeps up with the input size although nothing is kept."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+_GLIBC_KEEP_BYTES = 1 << 30
+_LIBC: list[Any] = []
+
+
+def _libc() -> Any:
+    """glibc through ctypes, or None where it is not the C library (macOS, musl)."""
+    if not _LIBC:
+        import ctypes
+        import ctypes.util
+
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.append(libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")
+                         else None)
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]

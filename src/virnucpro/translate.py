@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro.errors import InputError, OutputError
+from virnucpro.files import AtomicWriter
 from virnucpro.frames import RecordFrames, iter_record_frames
 from virnucpro.outputs import (
     SKIPPED_COLUMNS,
-    AtomicWriter,
     TranslateOutputs,
     check_writable,
     fasta_line,

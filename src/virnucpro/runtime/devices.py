@@ -1,8 +1,10 @@
 """Which devices a run uses, in which precision, and how big its batches may be.
 
-Imported by the predict stage only (never by `--help` or `translate`), so torch is
-imported here at the top. The rules are pure functions of plain values (`parse_devices`,
-`dtype_for`, `esm_token_budget_for`) so they are testable without a GPU.
+Imported by the runtime only (never by `--help` or `translate`), so torch is imported here
+at the top. The rules are pure functions of plain values (`parse_devices`, `dtype_for`,
+`common_precision`, `esm_token_budget_for`) so they are testable without a GPU. What needs
+the device itself (`describe_device`, `free_memory`) runs in the workers: the parent
+process never creates a CUDA context.
 """
 
 from __future__ import annotations
@@ -75,10 +77,9 @@ def _gpu_index(text: str, n_cuda: int, what: str) -> int:
     return index
 
 
-def select_devices(device: str = "auto", gpus: str | None = None) -> list[torch.device]:
-    """The devices a run will use (see `parse_devices`); one worker per device."""
-    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [torch.device(name) for name in parse_devices(device, gpus, n_cuda)]
+def visible_gpus() -> int:
+    """How many CUDA devices this process sees, without creating a CUDA context."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 # ------------------------------------------------------------------ precision
@@ -98,16 +99,25 @@ def dtype_for(capability: tuple[int, int] | None, precision: str) -> str:
     return "bf16" if capability >= (8, 0) else "fp16"
 
 
-def choose_dtype(device: torch.device, precision: str) -> torch.dtype:
-    """The torch dtype the models run in on `device` (see `dtype_for`)."""
-    device = torch.device(device)
-    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    return _DTYPES[dtype_for(capability, precision)]
+_RANK = {"fp32": 0, "fp16": 1, "bf16": 2}  # fp16 and fp32 run everywhere; bf16 needs sm_80
+
+
+def common_precision(capabilities: list[tuple[int, int] | None], precision: str) -> str:
+    """The one precision for every device of a run: `dtype_for` of each, and where they
+    differ (a bf16 GPU beside an older one) the best that all of them support."""
+    choices = {dtype_for(c, precision) for c in capabilities}
+    return min(choices, key=_RANK.__getitem__) if choices else dtype_for(None, precision)
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    """'fp32' | 'bf16' | 'fp16' -> the torch dtype."""
+    return _DTYPES[precision]
 
 
 # ------------------------------------------------------------------ description
 def describe_device(device: torch.device) -> dict[str, Any]:
-    """Name, compute capability and memory (bytes) of a device, for logs and run.json."""
+    """Name, compute capability and memory (bytes) of a device, for logs and run.json.
+    Called in the worker that owns the device (it initialises CUDA)."""
     device = torch.device(device)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -118,7 +128,7 @@ def describe_device(device: torch.device) -> dict[str, Any]:
                 "torch": torch.__version__, "cuda": torch.version.cuda}
     return {"device": str(device), "name": platform.processor() or platform.machine(),
             "compute_capability": None, "total_memory": _sysconf_bytes("SC_PHYS_PAGES"),
-            "free_memory": _sysconf_bytes("SC_AVPHYS_PAGES"), "threads": torch.get_num_threads(),
+            "free_memory": _sysconf_bytes("SC_AVPHYS_PAGES"),
             "torch": torch.__version__, "cuda": None}
 
 
@@ -144,19 +154,16 @@ def esm_token_budget_for(free_bytes: int, dtype_bytes: int, n_params: int,
     320 KiB in fp32 and 160 KiB in bf16/fp16 for d = 2560. The result is rounded down to a
     multiple of 256 and clamped to [ESM_BUDGET_MIN, ESM_BUDGET_MAX].
     """
-    usable = 0.8 * (free_bytes - n_params * dtype_bytes - _GIB)
+    usable = 0.8 * (free_bytes - n_params * dtype_bytes - _GIB)  # n_params=0: weights loaded
     per_token = 32 * hidden_size * dtype_bytes
     budget = int(max(usable, 0) // per_token) // 256 * 256
     return max(ESM_BUDGET_MIN, min(ESM_BUDGET_MAX, budget))
 
 
-def default_esm_token_budget(device: torch.device, dtype: torch.dtype, n_params_esm: int,
-                             hidden_size: int = ESM_HIDDEN) -> int:
-    """ESM-2 tokens per batch: ESM_BUDGET_CPU on a CPU; on CUDA derived from the device's
-    free memory right now (see `esm_token_budget_for` for the rule)."""
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device right now; None on a CPU."""
     device = torch.device(device)
     if device.type != "cuda":
-        return ESM_BUDGET_CPU
+        return None
     free, _total = torch.cuda.mem_get_info(device)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return esm_token_budget_for(free, itemsize, n_params_esm, hidden_size)
+    return int(free)

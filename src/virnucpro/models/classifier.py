@@ -2,14 +2,13 @@
 
 The published `300_model.pth`/`500_model.pth` are whole modules pickled by the training script
 (`torch.save(model)`), so they name `__main__.MLPClassifier`. We never run that class: the file
-is read by `virnucpro.safeload` with every class it names mapped to an inert record, and our own
+is read by `models.safeload` with every class it names mapped to an inert record, and our own
 network is rebuilt from the tensors inside. Our format is a directory with `model.safetensors`
 and `classifier.json`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.errors import ModelError
-from virnucpro.safeload import PickledObject, load_pickle, record_type
+from virnucpro.files import sha256_file
+from virnucpro.models.safeload import PickledObject, load_pickle, record_type
 
 CLASS_NAMES = ("others", "virus")  # index 0 = score1, index 1 = score2 in the original output
 WEIGHTS_FILE = "model.safetensors"
@@ -68,14 +68,6 @@ class ClassifierInfo:
     source: str
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_classifier(path: Path) -> tuple[MLPClassifier, ClassifierInfo]:

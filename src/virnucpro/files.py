@@ -1,0 +1,209 @@
+"""File chores, each done one way: atomic writes, strict JSON, sha256, external sorting.
+
+Every file we write goes under a temporary name in its final directory and is renamed into
+place only when complete, so an interrupted or failed write never leaves a partial file behind
+an expected name. Operating-system errors become `OutputError`s naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from virnucpro.errors import OutputError, VirnucproError
+
+_HASH_BLOCK = 1 << 22
+
+
+def os_error(path: Path | str, exc: OSError, doing: str = "cannot write") -> OutputError:
+    """One line for an operating-system error on `path`, with what to do about it."""
+    import errno
+
+    hint = {errno.ENOSPC: "; free some space and run the same command again (it resumes)",
+            errno.EDQUOT: "; free some space and run the same command again (it resumes)",
+            errno.EROFS: "; the file system is read-only: choose another output directory",
+            errno.EACCES: "; permission denied: choose another output directory",
+            errno.EPERM: "; permission denied: choose another output directory"}
+    return OutputError(f"{path}: {doing}: {exc.strerror or exc}{hint.get(exc.errno, '')}")
+
+
+class AtomicWriter:
+    """Opens files under temporary names beside their final path; `commit()` renames them all
+    into place, `discard()` deletes them. As a context manager it commits on success and
+    discards on error."""
+
+    def __init__(self) -> None:
+        self._files: list[tuple[Path, Path, TextIO]] = []
+
+    def open(self, path: Path) -> TextIO:
+        """A text handle (UTF-8, '\\n' line ends) for what will become `path`."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            # os.open with 0o666 lets the umask decide the final permissions, as open() would.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise os_error(path, exc) from None
+        handle = open(fd, "w", encoding="utf-8", newline="\n", buffering=1 << 20)  # noqa: SIM115
+        self._files.append((path, tmp, handle))
+        return handle
+
+    def commit(self) -> None:
+        """Close every file and move it to its final name."""
+        while self._files:
+            path, tmp, handle = self._files[0]
+            try:
+                handle.close()
+                os.replace(tmp, path)
+            except OSError as exc:
+                self.discard()
+                raise os_error(path, exc) from None
+            self._files.pop(0)
+
+    def discard(self) -> None:
+        """Close and delete every file not yet committed."""
+        for _, tmp, handle in self._files:
+            with contextlib.suppress(OSError):
+                handle.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._files = []
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[TextIO]:
+    """Write one text file atomically: `with atomic_write(p) as fh: fh.write(...)`."""
+    with AtomicWriter() as writer:
+        handle = writer.open(path)
+        try:
+            yield handle
+        except OSError as exc:
+            raise os_error(path, exc) from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that wants a file name (a figure, an
+    .npz); renamed to `path` when the block succeeds, deleted when it fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise os_error(path, exc) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def dumps_json(data: object, *, indent: int | None = 2) -> str:
+    """Strict JSON (a NaN or infinity is a bug, not a value): ValueError names the problem."""
+    return json.dumps(data, indent=indent, allow_nan=False)
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write strict JSON atomically (indented, keys in insertion order, final newline)."""
+    text = dumps_json(data) + "\n"
+    with atomic_write(path) as fh:
+        fh.write(text)
+
+
+def read_json(path: Path, *, error: type[VirnucproError] = VirnucproError,
+              missing_ok: bool = False, hint: str = "") -> Any:
+    """The JSON in `path`; None when it is missing and `missing_ok`. Anything unreadable
+    raises `error` naming the path (plus `hint`, e.g. what to do)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise error(f"{path}: no such file{hint}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{path}: cannot read ({exc}){hint}") from None
+
+
+def fingerprint(data: object) -> str:
+    """sha256 of the canonical JSON of `data`: the identity of a run or a cache."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def sha256_file(path: Path, advance: Callable[[int], Any] | None = None) -> str:
+    """sha256 of a file's bytes; `advance(n)` is told of every block read (a progress bar)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            h.update(block)
+            if advance is not None:
+                advance(len(block))
+    return h.hexdigest()
+
+
+class ExternalSort:
+    """Sorts text lines without holding them all: sorted runs spill to `tmp_dir` every
+    `run_lines` lines and are merged at most `fan_in` at a time."""
+
+    def __init__(self, tmp_dir: Path, prefix: str, run_lines: int = 50_000,
+                 fan_in: int = 128) -> None:
+        self.tmp_dir, self.prefix = Path(tmp_dir), prefix
+        self.run_lines, self.fan_in = run_lines, fan_in
+        self._lines: list[str] = []
+        self._runs: list[Path] = []
+        self._n_runs = 0
+
+    def add(self, line: str) -> None:
+        self._lines.append(line)
+        if len(self._lines) >= self.run_lines:
+            self._spill()
+
+    def _spill(self) -> None:
+        self._lines.sort()
+        self._runs.append(self._write_run(self._lines))
+        self._lines = []
+
+    def _write_run(self, lines: Iterable[str]) -> Path:
+        path = self.tmp_dir / f"{self.prefix}_{self._n_runs:06d}.tsv"
+        self._n_runs += 1
+        with path.open("w", newline="\n") as fh:
+            fh.writelines(lines)
+        return path
+
+    def write_sorted(self, fh: TextIO) -> None:
+        """Write every line added, sorted, to `fh`; the runs on disk are deleted."""
+        self._spill()
+        runs = self._runs
+        while len(runs) > self.fan_in:  # keep the number of open files bounded
+            runs = [self._merge_run(runs[i:i + self.fan_in])
+                    for i in range(0, len(runs), self.fan_in)]
+        self._runs = []
+        _merge_into(runs, fh)
+
+    def _merge_run(self, runs: list[Path]) -> Path:
+        path = self._write_run(())
+        with path.open("w", newline="\n") as fh:
+            _merge_into(runs, fh)
+        return path
+
+
+def _merge_into(runs: list[Path], fh: TextIO) -> None:
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(p.open()) for p in runs]
+        fh.writelines(heapq.merge(*files))
+    for p in runs:
+        p.unlink()

@@ -1,0 +1,249 @@
+"""`--engine ray`: the same work units, scored by Ray actors anywhere in a cluster.
+
+The driver (this process) reads and translates the input itself, as the local engine does,
+and sends each unit's sequences to an actor; only scores (and features, when kept) come back.
+So the input and the output directory need to exist on the driver only; records never cross
+the network, and unit sequences cross it once.
+
+The actors plan on their own nodes, with the same handshake as the local worker processes
+(`engine.Pool.settle`): each reports the device Ray gave it (one GPU per actor when the
+cluster has GPUs, whatever the driver has; else CPUs), the run takes the best precision every
+actor's device supports, each actor loads the models and proposes budgets from its own
+device's memory, and the run takes the smallest. Each actor runs `worker.score_unit`, as the
+local workers do, so the bytes written are the same. Ray is imported here only, when this
+engine runs (`pip install 'virnucpro[ray]'`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from virnucpro.errors import VirnucproError
+from virnucpro.progress import Progress
+from virnucpro.runtime.batching import WorkUnit
+from virnucpro.runtime.engine import Job, Plan, RunStats, settle_settings
+from virnucpro.runtime.units import load_unit, save_unit
+from virnucpro.runtime.worker import Settings, UnitResult, WorkerSpec, empty_result
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+IN_FLIGHT_PER_ACTOR = 2  # units sent to an actor before its first result comes back
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise VirnucproError("--engine ray needs Ray: pip install 'virnucpro[ray]'") from None
+    return ray
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """Join the cluster at `address`, or start a local Ray; True if this call started it.
+    A Ray the caller already started (a notebook, a test) is used as it is."""
+    if ray.is_initialized():
+        return False
+    try:
+        # "local": without an address Ray would join the last cluster started on this host.
+        ray.init(address=address or "local", include_dashboard=False,
+                 logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"--ray-address {address}" if address else "a local Ray"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VirnucproError(f"{where}: cannot start or join Ray ({first})") from None
+    return True
+
+
+class Scorer:
+    """The actor: one worker on the device Ray gave it (`cuda:0` is its own GPU)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        import ray
+        import torch
+
+        from virnucpro.runtime.cpu import apply_process_settings
+
+        device = "cuda:0" if ray.get_gpu_ids() else "cpu"
+        self.spec = replace(spec, device=device)
+        apply_process_settings(device, spec.threads)
+        torch.set_grad_enabled(False)
+        self.models: Any = None
+
+    def probe(self) -> dict[str, Any]:
+        import ray
+        import torch
+
+        from virnucpro.runtime.devices import describe_device
+
+        node = ray.get_runtime_context().get_node_id()
+        return {**describe_device(torch.device(self.spec.device)), "node": node}
+
+    def load(self, dtype: str) -> None:
+        import torch
+
+        from virnucpro.runtime.worker import load_models
+
+        with torch.inference_mode():
+            self.models = load_models(self.spec, Settings(dtype, 1, 1))
+
+    def propose(self) -> dict[str, int]:
+        from virnucpro.runtime.worker import propose_budgets
+
+        return propose_budgets(self.models)
+
+    def go(self, settings: Settings) -> None:
+        self.models.settings = settings
+
+    def score(self, unit: WorkUnit) -> UnitResult:
+        import torch
+
+        from virnucpro.runtime.cpu import release_free_memory
+        from virnucpro.runtime.worker import score_unit
+
+        # Set in the calling thread too: the thread count is part of what fixes the bytes.
+        torch.set_num_threads(self.spec.threads)
+        with torch.inference_mode():
+            result = score_unit(self.models, unit)
+        release_free_memory()
+        return result
+
+
+# ------------------------------------------------------------------ planning on the cluster
+def _actor_layout(ray: Any, job: Job) -> tuple[int, dict[str, Any], int]:
+    """How many actors, the resources each asks Ray for, and their threads: one GPU each
+    when the cluster has GPUs and the run may use them; else CPU actors, one per node that
+    offers CPUs."""
+    spec = job.specs[0]
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    wants_gpu = spec.device.startswith("cuda") or (job.request.device == "auto" and gpus > 0)
+    if wants_gpu:
+        if gpus < 1:
+            raise VirnucproError("the run asks for GPUs but the Ray cluster has none; use "
+                                 "--device cpu")
+        n = job.request.workers or gpus
+        return n, {"num_gpus": 1, "num_cpus": 1}, job.request.threads or 2
+    cpus = sorted(int(n["Resources"].get("CPU", 0)) for n in ray.nodes()
+                  if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1)
+    if not cpus:
+        raise VirnucproError("the Ray cluster offers no CPU for actors")
+    threads = job.request.threads or cpus[0]
+    n = job.request.workers or len(cpus)
+    return n, {"num_cpus": min(threads, cpus[0])}, threads
+
+
+def _start_actors(ray: Any, job: Job) -> tuple[list[Any], int]:
+    n, resources, threads = _actor_layout(ray, job)
+    if job.request.threads is None and job.recorded is not None:
+        threads = job.recorded.threads
+    spec = replace(job.specs[0], threads=threads)
+    log.info("Ray: %d actor(s), each %s", n,
+             ", ".join(f"{v} {k.removeprefix('num_')}" for k, v in resources.items()))
+    cls = ray.remote(**resources)(Scorer)
+    return [cls.remote(spec) for _ in range(n)], threads
+
+
+def _settle(ray: Any, actors: list[Any], job: Job, threads: int) -> Plan:
+    from virnucpro.runtime.devices import common_precision
+
+    probes = ray.get([a.probe.remote() for a in actors])
+    if job.recorded is not None:
+        dtype = job.recorded.settings.dtype
+    else:
+        caps = [None if p.get("compute_capability") is None
+                else tuple(int(x) for x in p["compute_capability"].split(".")) for p in probes]
+        dtype = common_precision(caps, job.request.precision)
+    ray.get([a.load.remote(dtype) for a in actors])
+    proposals = ray.get([a.propose.remote() for a in actors])
+    settings = settle_settings(dtype, job.request, job.recorded, proposals)
+    ray.get([a.go.remote(settings) for a in actors])
+    workers = tuple({**p, "proposed": q} for p, q in zip(probes, proposals, strict=True))
+    return Plan(settings, threads, workers)
+
+
+# ------------------------------------------------------------------ scoring in order
+def _cause(exc: BaseException) -> VirnucproError:
+    """Our own error inside Ray's wrappers, or a one-line one for anything else."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        inner = getattr(seen, "cause", None)
+        if isinstance(inner, BaseException):
+            seen = inner
+        elif isinstance(seen, VirnucproError):
+            return type(seen)(str(seen).split("\n", 1)[0])
+        else:
+            seen = seen.__cause__
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+    return VirnucproError(f"a Ray actor failed: {first}")
+
+
+def _results(ray: Any, actors: list[Any], job: Job, units: Iterable[tuple[WorkUnit, T]],
+             ) -> Iterator[tuple[WorkUnit, T, UnitResult, bool]]:
+    """(unit, payload, result, scored now) in unit order, with at most
+    IN_FLIGHT_PER_ACTOR units per actor in flight; each unit goes to the least busy actor."""
+    busy = dict.fromkeys(range(len(actors)), 0)
+    flight: list[tuple[WorkUnit, T, Any, int]] = []  # future is None: result is ready
+    limit = IN_FLIGHT_PER_ACTOR * len(actors)
+    it = iter(units)
+    exhausted = False
+    while flight or not exhausted:
+        while not exhausted and sum(1 for f in flight if f[3] >= 0) < limit:
+            item = next(it, None)
+            if item is None:
+                exhausted = True
+                break
+            unit, payload = item
+            if unit.n_frames and unit.index not in job.done:
+                k = min(busy, key=busy.__getitem__)
+                busy[k] += 1
+                flight.append((unit, payload, actors[k].score.remote(unit), k))
+            else:
+                flight.append((unit, payload, None, -1))
+        if not flight:
+            break
+        unit, payload, future, k = flight.pop(0)
+        if future is None:
+            result = (load_unit(job.home, unit, need_features=job.need_features)
+                      if unit.n_frames else empty_result(unit))
+            yield unit, payload, result, False
+            continue
+        try:
+            result = ray.get(future)
+        except Exception as exc:  # Ray wraps whatever failed in an actor
+            raise _cause(exc) from None
+        busy[k] -= 1
+        yield unit, payload, result, True
+
+
+def run_units_ray(job: Job, units: Iterable[tuple[WorkUnit, T]],
+                  consume: Callable[[T, UnitResult], None],
+                  on_settled: Callable[[Plan], None] = lambda plan: None, *,
+                  address: str | None = None) -> RunStats:
+    """`engine.run_units` on Ray actors: the same contract and the same bytes."""
+    ray = _import_ray()
+    started = _connect(ray, address)
+    bar, frames_done = Progress(job.progress), 0
+    actors: list[Any] = []
+    try:
+        actors, threads = _start_actors(ray, job)
+        try:
+            stats = RunStats(plan=_settle(ray, actors, job, threads))
+        except Exception as exc:
+            raise _cause(exc) from None
+        on_settled(stats.plan)
+        for unit, payload, result, scored in _results(ray, actors, job, units):
+            if scored:
+                save_unit(job.home, unit, result)
+                stats.add(result, unit.n_frames)
+            consume(payload, result)
+            frames_done += unit.n_frames
+            bar.update(frames_done, frames_done, False, stats.frames_per_device)
+    finally:
+        bar.close()
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
+    return stats

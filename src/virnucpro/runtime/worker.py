@@ -1,0 +1,277 @@
+"""The one worker. One CPU, one GPU or eight GPUs differ only in how many processes run it.
+
+A worker is a spawned process that owns one device. It settles, with the parent, how the run
+computes (see `worker_main`), loads the three models on its device, then scores work units
+taken from a queue: DNABERT-S embeddings, then ESM-2 embeddings, then the classifier. Results
+go back on another queue. Everything process-wide (threads, malloc, oneDNN) is set here, in
+the worker's own process; the caller's process is left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from virnucpro.runtime.batching import WorkUnit, token_batches
+from virnucpro.runtime.devices import (
+    DNABERT_BUDGET_BF16,
+    DNABERT_BUDGET_DEFAULT,
+    ESM_BUDGET_CPU,
+    esm_token_budget_for,
+    free_memory,
+    torch_dtype,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the parent gives a worker, as plain data (it crosses process boundaries)."""
+
+    dnabert_dir: str
+    esm_dir: str
+    classifier_path: str | None  # None: embed only (training); features are returned
+    device: str  # "cpu" | "cuda:N" (in a Ray actor: the actor's own device)
+    threads: int
+    save_embeddings: bool = False
+    share: int = 1  # workers on this device: they split its free memory
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a run computes: one dtype and one set of batch budgets for every worker, so the
+    numbers do not depend on which worker scored a unit."""
+
+    dtype: str  # "fp32" | "bf16" | "fp16"
+    dnabert_budget: int
+    esm_budget: int
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    index: int
+    scores: np.ndarray  # [n_frames, 2] float32 softmax (others, virus); [n, 0] if embed-only
+    embeddings: np.ndarray | None  # [n_frames, dnabert_dim + esm_dim] float32, if asked
+    seconds: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    worker: str = ""  # the device that scored it; "" when loaded from an earlier run
+    peak_memory: int | None = None  # bytes the device's allocator peaked at so far (CUDA)
+
+
+@dataclass
+class Models:
+    """The loaded models of one worker, and the settings it scores with."""
+
+    dnabert: Any
+    dna_tokenizer: Any
+    esm: Any
+    esm_tokenizer: Any
+    classifier: Any
+    device: torch.device
+    spec: WorkerSpec
+    settings: Settings
+    oom_logged: bool = False
+
+
+def load_models(spec: WorkerSpec, settings: Settings) -> Models:
+    """The three models on the worker's device, in the run's dtype (the classifier in fp32)."""
+    from virnucpro.models.classifier import load_classifier
+    from virnucpro.models.dnabert import load_dnabert, load_dnabert_tokenizer
+    from virnucpro.models.esm import load_esm
+    from virnucpro.runtime.cpu import use_onednn_linears
+
+    device = torch.device(spec.device)
+    dtype = torch_dtype(settings.dtype)
+    dnabert = load_dnabert(spec.dnabert_dir, device=device, dtype=dtype)
+    esm, esm_tokenizer = load_esm(spec.esm_dir, device=device, dtype=dtype)
+    if device.type == "cpu":
+        use_onednn_linears(dnabert, esm)  # through oneDNN on x86 (see cpu.py)
+    classifier = None
+    if spec.classifier_path is not None:
+        classifier, _ = load_classifier(spec.classifier_path)
+        # The classifier stays in fp32, as the original ran it.
+        classifier = classifier.to(device=device, dtype=torch.float32).eval()
+    return Models(dnabert, load_dnabert_tokenizer(spec.dnabert_dir), esm, esm_tokenizer,
+                  classifier, device, spec, settings)
+
+
+def propose_budgets(models: Models) -> dict[str, int]:
+    """The batch budgets this worker's device can take, measured once every model of the run
+    is loaded (workers sharing a GPU split its free memory)."""
+    dtype = torch_dtype(models.settings.dtype)
+    dna = DNABERT_BUDGET_BF16 if dtype == torch.bfloat16 else DNABERT_BUDGET_DEFAULT
+    free = free_memory(models.device)
+    if free is None:
+        return {"dnabert_budget": dna, "esm_budget": ESM_BUDGET_CPU}
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    hidden = int(models.esm.config.hidden_size)
+    # The weights are already loaded, so they are not subtracted again (n_params=0).
+    esm = esm_token_budget_for(free // models.spec.share, itemsize, 0, hidden)
+    return {"dnabert_budget": dna, "esm_budget": esm}
+
+
+# ------------------------------------------------------------------ scoring
+def _embed_rows(
+    embed: Callable[[list[list[int]]], torch.Tensor],
+    token_ids: Sequence[Sequence[int]],
+    budget: int,
+    models: Models,
+) -> torch.Tensor:
+    """Embed every row in token-budget batches; returns [n, dim] fp32 in input order."""
+    pieces: list[tuple[list[int], torch.Tensor]] = []
+    for batch in token_batches([len(t) for t in token_ids], budget):
+        pieces.extend(embed_batch(embed, token_ids, batch, models))
+    if not pieces:
+        return torch.empty(0, 0)
+    order = torch.tensor([i for idx, _ in pieces for i in idx])
+    stacked = torch.cat([emb for _, emb in pieces])
+    out = torch.empty_like(stacked)
+    out[order.to(stacked.device, non_blocking=True)] = stacked
+    return out
+
+
+def embed_batch(
+    embed: Callable[[list[list[int]]], torch.Tensor],
+    token_ids: Sequence[Sequence[int]],
+    batch: list[int],
+    models: Models,
+) -> list[tuple[list[int], torch.Tensor]]:
+    """Embed one batch; on out-of-memory, split it in half and embed both halves.
+
+    The retry happens after the `except` block has ended: inside it, the failed attempt's
+    traceback would keep every activation it had allocated alive through the retries."""
+    try:
+        return [(batch, embed([list(token_ids[i]) for i in batch]))]
+    except torch.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+    if not models.oom_logged:
+        log.warning("%s: out of memory on a batch of %d rows; splitting such batches in half "
+                    "(logged once)", models.device, len(batch))
+        models.oom_logged = True
+    if models.device.type == "cuda":
+        torch.cuda.empty_cache()
+    half = len(batch) // 2
+    return (embed_batch(embed, token_ids, batch[:half], models)
+            + embed_batch(embed, token_ids, batch[half:], models))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def score_unit(models: Models, unit: WorkUnit) -> UnitResult:
+    """DNABERT-S, then ESM-2, then the classifier, over every frame of one unit."""
+    from virnucpro.models.classifier import classify
+    from virnucpro.models.dnabert import embed_dnabert, tokenize_dna
+    from virnucpro.models.esm import embed_esm, tokenize_protein
+
+    s = models.settings
+    t0 = time.perf_counter()
+    dna_ids = tokenize_dna(models.dna_tokenizer, unit.nucleotides)
+    dna = _embed_rows(lambda b: embed_dnabert(models.dnabert, b), dna_ids,
+                      s.dnabert_budget, models)
+    _sync(models.device)
+    t1 = time.perf_counter()
+    prot_ids = tokenize_protein(models.esm_tokenizer, unit.proteins)
+    prot = _embed_rows(lambda b: embed_esm(models.esm, b), prot_ids, s.esm_budget, models)
+    _sync(models.device)
+    t2 = time.perf_counter()
+    features = torch.cat([dna, prot], dim=1)
+    if models.classifier is None:
+        scores_np = np.zeros((unit.n_frames, 0), np.float32)
+    else:
+        scores_np = classify(models.classifier, features).cpu().numpy().astype(np.float32)
+    t3 = time.perf_counter()
+    seconds = {"dnabert": t1 - t0, "esm": t2 - t1, "classifier": t3 - t2}
+    tokens = {"dnabert": sum(map(len, dna_ids)), "esm": sum(map(len, prot_ids))}
+    keep = models.spec.save_embeddings or models.classifier is None
+    emb = features.cpu().numpy() if keep else None
+    peak = torch.cuda.max_memory_allocated(models.device) if models.device.type == "cuda" \
+        else None
+    return UnitResult(unit.index, scores_np, emb, seconds, tokens, str(models.device), peak)
+
+
+def empty_result(unit: WorkUnit) -> UnitResult:
+    """The result of a unit without frames: no model needs to run."""
+    return UnitResult(unit.index, np.zeros((0, 2), np.float32), None)
+
+
+# ------------------------------------------------------------------ the process
+def worker_main(index: int, spec: WorkerSpec, control: Any, tasks: Any, results: Any) -> None:
+    """A worker process: settle the run with the parent, then score units until `None`.
+
+    Messages to the parent on `results` are `(kind, index, payload)`:
+    `probe` (the device's facts), `loaded`, `proposal` (budgets it could take), `result`
+    (a UnitResult) and `error` (one line). The parent answers on `control`: `load`
+    (the run's dtype), `measure`, then `go` (the run's Settings).
+    """
+    import signal
+
+    from virnucpro.runtime.cpu import apply_process_settings, release_free_memory
+    from virnucpro.runtime.devices import describe_device
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    _exit_with_parent()
+    try:
+        apply_process_settings(torch.device(spec.device).type, spec.threads)
+        results.put(("probe", index, describe_device(torch.device(spec.device))))
+        dtype = _expect(control, "load")
+        with torch.inference_mode():
+            # Provisional budgets until the parent has every worker's proposal.
+            models = load_models(spec, Settings(dtype, 1, 1))
+            results.put(("loaded", index, None))
+            _expect(control, "measure")
+            results.put(("proposal", index, propose_budgets(models)))
+            models.settings = _expect(control, "go")
+            while (unit := tasks.get()) is not None:
+                results.put(("result", index, score_unit(models, unit)))
+                release_free_memory()
+    except Exception as exc:  # reported to the parent, which stops the run
+        results.put(("error", index, failure_line(exc, spec.device)))
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the parent dies (a kill -9 gives it no chance to stop us)."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="virnucpro-parent-watch").start()
+
+
+def _expect(control: Any, kind: str) -> Any:
+    got, payload = control.get()
+    if got != kind:
+        raise RuntimeError(f"worker protocol: expected {kind!r}, got {got!r}")
+    return payload
+
+
+def failure_line(exc: BaseException, device: str) -> str:
+    """One line for what stopped a worker: our own errors as they are; anything else with
+    its type (the traceback goes to the debug log of the worker)."""
+    from virnucpro.errors import VirnucproError
+
+    if isinstance(exc, VirnucproError):
+        return str(exc)
+    log.debug("worker on %s failed:\n%s", device, traceback.format_exc())
+    if isinstance(exc, torch.OutOfMemoryError):
+        return (f"the worker on {device} ran out of memory on a single row; use smaller "
+                "--esm-batch-size/--dnabert-batch-size or another device")
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"the worker on {device} failed: {type(exc).__name__}: {first}"
