@@ -20,7 +20,7 @@ FASTA = b">s1 first record\nACGTN\nacgt\n>s2\n\n>s3\tdesc\nRYKM-U\n"
 EXPECTED = [
     Record("s1", "s1 first record", "ACGTNacgt", "IN"),
     Record("s2", "s2", "", "IN"),
-    Record("s3", "s3\tdesc", "RYKM-U", "IN"),
+    Record("s3", "s3\tdesc", "RYKM-T", "IN"),  # RNA is read as DNA: U as T
 ]
 
 
@@ -234,3 +234,9 @@ def test_seen_ids_finds_repeats_across_flushes(monkeypatch):
     for place, rid in enumerate(ids, 1):  # old ones live in the arrays, recent in the dict
         assert seen.add(rid, 1000 + place) == place
     assert seen.add("read_new", 5000) is None
+
+
+def test_rna_is_read_as_dna(tmp_path):
+    path = write(tmp_path, "r.fa", b">d1\nACGT\n>r1 x\nACGU\n>r2\nacgu\n>r3\nUUuuN\n")
+    assert [(r.id, r.seq) for r in read([path])] == [
+        ("d1", "ACGT"), ("r1", "ACGT"), ("r2", "acgt"), ("r3", "TTttN")]

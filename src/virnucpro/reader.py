@@ -2,7 +2,7 @@
 
 Compression (gzip, bzip2, xz, zstd) and format (FASTA or FASTQ) are detected from the content, never
 from the file name: xopen decompresses, dnaio parses, and this module only checks the records.
-Only one record (plus one read block) is held at a time.
+Only one record (plus one read block) is held at a time. RNA is read as DNA (U as T, u as t).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ _OPTIONAL_ERRORS = (("isal.isal_zlib", "error"), ("zlib_ng.zlib_ng", "error"),
 _COMPRESSED_SUFFIXES = (".gz", ".bgz", ".bz2", ".xz", ".zst")
 _SEQUENCE_SUFFIXES = (".fasta", ".fas", ".fa", ".fna", ".ffn", ".frn", ".fsa", ".seq",
                       ".fastq", ".fq")
+_RNA_TO_DNA = str.maketrans("Uu", "Tt")
 
 
 def _decompress_errors() -> tuple[type[BaseException], ...]:
@@ -247,6 +248,8 @@ def _record(header: str, seq: str, fasta: bool, source: str, path: str, number: 
         if bad:
             raise InputError(f"{path}: record {number} ({words[0]!r}): invalid character "
                              f"{bad.group()!r} (not an IUPAC nucleotide code; is this protein?)")
+    if "U" in seq or "u" in seq:  # SPEC §1; the original dropped every codon with a U
+        seq = seq.translate(_RNA_TO_DNA)
     return Record(id=words[0], header=header, seq=seq, source=source)
 
 
