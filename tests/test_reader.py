@@ -5,8 +5,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import logging
 import lzma
+import os
+import random
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -14,7 +18,12 @@ import pytest
 import xopen
 
 from virnucpro.errors import InputError
-from virnucpro.reader import Record, input_stem, read_records
+from virnucpro.reader import (
+    ReadStats,
+    Record,
+    input_stem,
+    read_records,
+)
 
 FASTA = b">s1 first record\nACGTN\nacgt\n>s2\n\n>s3\tdesc\nRYKM-U\n"
 EXPECTED = [
@@ -236,7 +245,84 @@ def test_seen_ids_finds_repeats_across_flushes(monkeypatch):
     assert seen.add("read_new", 5000) is None
 
 
-def test_rna_is_read_as_dna(tmp_path):
+# ---------------------------------------------------------------------------- RNA input
+def test_rna_is_read_as_dna_counted_and_logged_once(tmp_path, caplog):
     path = write(tmp_path, "r.fa", b">d1\nACGT\n>r1 x\nACGU\n>r2\nacgu\n>r3\nUUuuN\n")
-    assert [(r.id, r.seq) for r in read([path])] == [
+    stats = ReadStats()
+    with caplog.at_level(logging.INFO, logger="virnucpro.reader"):
+        records = list(read_records([path], stats))
+    assert [(r.id, r.seq) for r in records] == [
         ("d1", "ACGT"), ("r1", "ACGT"), ("r2", "acgt"), ("r3", "TTttN")]
+    assert stats.rna_records == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: record 2 ('r1') is RNA: reading U as T and u as t (and in any later RNA record)"]
+
+
+def test_translate_of_rna_equals_translate_of_the_dna(tmp_path, data_dir):
+    from virnucpro.cli import main
+
+    dna = (data_dir / "vanilla" / "test_with_orfs.fa").read_text() + ">low\nacgtttagcatg\n"
+    rna = "".join(line if line.startswith(">") else line.replace("T", "U").replace("t", "u")
+                  for line in dna.splitlines(keepends=True))
+    assert rna != dna
+    outputs = {}
+    for kind, text in (("dna", dna), ("rna", rna)):
+        (tmp_path / kind).mkdir()
+        path = write(tmp_path / kind, "x.fa", text.encode())
+        assert main(["translate", path, "-o", str(tmp_path / kind / "out")]) == 0
+        outputs[kind] = {p.name: p.read_bytes() for p in (tmp_path / kind / "out").iterdir()}
+    assert sorted(outputs["rna"]) == ["x_chunked500.fa", "x_identified_nucleotide.fa",
+                                      "x_identified_protein.faa", "x_skipped.tsv"]
+    assert outputs["rna"] == outputs["dna"]
+    stats = ReadStats()
+    records = list(read_records([str(tmp_path / "rna" / "x.fa")], stats))
+    assert stats.rna_records == len(records) == 3
+
+
+# ---------------------------------------------------------------------- byte progress
+def test_bytes_done_follows_the_compressed_file(tmp_path):
+    # 12 Mb of random bases, about 4 MB compressed: several reads of the raw file.
+    bases = bytes(b"ACGT"[i % 4] for i in range(256))
+    seq = random.Random(0).randbytes(12_000_000).translate(bases)
+    data = b"".join(b">r%d\n%s\n" % (i, seq[i * 1000:(i + 1) * 1000]) for i in range(12_000))
+    path = write(tmp_path, "p.fa.gz", gzip.compress(data, compresslevel=1))
+    size = os.path.getsize(path)
+    stats = ReadStats()
+    seen = [(stats.bytes_total, stats.bytes_done) for _ in read_records([path], stats)]
+    assert {total for total, _ in seen} == {size}
+    done = [d for _, d in seen]
+    assert done == sorted(done) and 0 < done[0] < size // 2
+    assert len(set(done)) > 3  # it moves while records stream, not only at the end
+    assert stats.bytes_done == size
+
+
+def test_bytes_done_over_several_files_and_stdin(tmp_path, monkeypatch):
+    a = write(tmp_path, "a.fa.gz", gzip.compress(b">a1\nAC\n>a2\nGT\n"))
+    b = write(tmp_path, "b.fa", b">b1\nAAAA\n")
+    size_a, size_b = os.path.getsize(a), os.path.getsize(b)
+    stats = ReadStats(rna_records=5, bytes_done=7)  # read_records starts it from zero
+    seen = [(r.id, stats.bytes_total, stats.bytes_done) for r in read_records([a, b], stats)]
+    assert seen == [("a1", size_a + size_b, size_a), ("a2", size_a + size_b, size_a),
+                    ("b1", size_a + size_b, size_a + size_b)]
+    assert (stats.rna_records, stats.bytes_done) == (0, size_a + size_b)
+    monkeypatch.setattr(sys, "stdin", io.BytesIO(b">c1\nGG\n"))
+    seen = [(r.id, stats.bytes_total, stats.bytes_done) for r in read_records([a, "-"], stats)]
+    assert seen == [("a1", None, size_a), ("a2", None, size_a), ("c1", None, size_a)]
+    assert stats.bytes_done == size_a
+
+
+def test_pipes_have_no_size(tmp_path):
+    a = write(tmp_path, "a.fa", b">a1\nAC\n")
+    fifo = str(tmp_path / "pipe.fa")
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as fh:
+            fh.write(gzip.compress(b">p1\nGG\n"))
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    stats = ReadStats()
+    assert [(r.id, r.seq) for r in read_records([fifo, a], stats)] == [("p1", "GG"), ("a1", "AC")]
+    writer.join(10)
+    assert (stats.bytes_total, stats.bytes_done) == (None, os.path.getsize(a))
