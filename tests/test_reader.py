@@ -19,10 +19,12 @@ import xopen
 
 from virnucpro.errors import InputError
 from virnucpro.reader import (
+    InputSummary,
     ReadStats,
     Record,
     input_stem,
     read_records,
+    validate_inputs,
 )
 
 FASTA = b">s1 first record\nACGTN\nacgt\n>s2\n\n>s3\tdesc\nRYKM-U\n"
@@ -279,6 +281,109 @@ def test_translate_of_rna_equals_translate_of_the_dna(tmp_path, data_dir):
     assert stats.rna_records == len(records) == 3
 
 
+# ----------------------------------------------------------------- pre-pass validation
+BAD_AT_THE_END = [  # 5000 good records, then a bad one; the message after "{path}: "
+    (b">r%d\nACGT\n", b">last\nACGTQ\n", "record 5001 ('last'): invalid character 'Q' "
+     "(not an IUPAC nucleotide code; is this protein?)"),
+    (b">r%d\nACGT\n", b">r7\nAC\n", "record 5001: duplicate record id 'r7' (first seen in "
+     "{path}, record 8)"),
+    (b"@r%d\nACGT\n+\nIIII\n", b"@last\nACGT\n+\nII\n", "invalid FASTQ in record 5001 or "
+     "later: Error in FASTQ file at line 20004: Length of sequence and qualities differ"),
+    (b">r%d\nACGT\n", b">\nAC\n", "record 5001: record with an empty header"),
+]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(("good", "bad", "message"), BAD_AT_THE_END)
+def test_validate_inputs_raises_what_read_records_raises(tmp_path, good, bad, message, gz):
+    first = write(tmp_path, "first.fa", b">a\nAC\n")
+    data = b"".join(good % i for i in range(5000)) + bad
+    last = write(tmp_path, "last.fa", gzip.compress(data) if gz else data)
+    with pytest.raises(InputError) as pre:
+        validate_inputs([first, last])
+    with pytest.raises(InputError) as main:
+        read([first, last])
+    assert str(pre.value) == str(main.value) == f"{last}: " + message.format(path=last)
+
+
+def test_validate_inputs_totals(tmp_path):
+    a = write(tmp_path, "a.fa", b">a1\nACGU\n>a2\nAC GT\nNN\n")
+    b = write(tmp_path, "b.fq.gz", gzip.compress(b"@b1\nTTu\n+\nIII\n"))
+    assert validate_inputs([a, b]) == InputSummary(
+        files=2, records=3, bases=13, bytes=os.path.getsize(a) + os.path.getsize(b),
+        rna_records=2)
+    with pytest.raises(InputError, match=r"missing\.fa: no such file"):
+        validate_inputs([a, str(tmp_path / "missing.fa")])
+
+
+def test_validate_inputs_skips_stdin(tmp_path, monkeypatch):
+    a = write(tmp_path, "a.fa", b">a1\nAC\n")
+    stdin = io.BytesIO(b">a1\nGG\n")  # a duplicate that only the main read can see
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert validate_inputs([a, "-"]) == InputSummary(1, 1, 2, os.path.getsize(a), 0)
+    assert stdin.tell() == 0
+    with pytest.raises(InputError, match="stdin: record 1: duplicate record id 'a1'"):
+        read([a, "-"])
+
+
+def test_pipes_are_read_once_and_have_no_size(tmp_path):
+    a = write(tmp_path, "a.fa", b">a1\nAC\n")
+    fifo = str(tmp_path / "pipe.fa")
+    os.mkfifo(fifo)
+    checker = threading.Thread(target=validate_inputs, args=([fifo, a],), daemon=True)
+    checker.start()
+    checker.join(10)
+    opened = checker.is_alive()
+    if opened:  # it waits for a writer: give it an empty one so that it ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not opened, "validate_inputs opened a pipe, which the main read then finds empty"
+    assert validate_inputs([a, fifo]) == InputSummary(1, 1, 2, os.path.getsize(a), 0)
+
+    def feed() -> None:
+        with open(fifo, "wb") as fh:
+            fh.write(gzip.compress(b">p1\nGG\n"))
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    stats = ReadStats()
+    assert [(r.id, r.seq) for r in read_records([fifo, a], stats)] == [("p1", "GG"), ("a1", "AC")]
+    writer.join(10)
+    assert (stats.bytes_total, stats.bytes_done) == (None, os.path.getsize(a))
+
+
+def test_validate_inputs_memory_does_not_grow_with_input(tmp_path):
+    from virnucpro.reader import SeenIds
+
+    rng = random.Random(0)
+
+    def peak(fn) -> int:
+        tracemalloc.start()
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    def beyond_id_set(n: int, length: int) -> int:
+        """Peak Python memory of validate_inputs on `n` records, less that of the id set."""
+        seqs = ["".join(rng.choices("ACGT", k=length)) for _ in range(4)]
+        path = write(tmp_path, f"v{n}.fa.gz", gzip.compress("".join(
+            f">r{i}\n{seqs[i % 4]}\n" for i in range(n)).encode(), 1))
+        summaries = []
+        total = peak(lambda: summaries.append(validate_inputs([path])))
+        assert summaries == [InputSummary(1, n, n * length, os.path.getsize(path), 0)]
+        def add_ids() -> None:
+            seen = SeenIds()
+            for i in range(n):
+                seen.add(f"r{i}", i)
+
+        return total - peak(add_ids)
+
+    small, large = beyond_id_set(10, 100_000), beyond_id_set(80, 100_000)  # 1 MB, 8 MB
+    assert large < small * 1.2 + 100_000, (small, large)
+    small, large = beyond_id_set(1_000, 50), beyond_id_set(25_000, 50)  # 0.06 MB, 1.4 MB
+    assert large < small * 1.2 + 100_000, (small, large)
+
+
 # ---------------------------------------------------------------------- byte progress
 def test_bytes_done_follows_the_compressed_file(tmp_path):
     # 12 Mb of random bases, about 4 MB compressed: several reads of the raw file.
@@ -309,20 +414,3 @@ def test_bytes_done_over_several_files_and_stdin(tmp_path, monkeypatch):
     seen = [(r.id, stats.bytes_total, stats.bytes_done) for r in read_records([a, "-"], stats)]
     assert seen == [("a1", None, size_a), ("a2", None, size_a), ("c1", None, size_a)]
     assert stats.bytes_done == size_a
-
-
-def test_pipes_have_no_size(tmp_path):
-    a = write(tmp_path, "a.fa", b">a1\nAC\n")
-    fifo = str(tmp_path / "pipe.fa")
-    os.mkfifo(fifo)
-
-    def feed() -> None:
-        with open(fifo, "wb") as fh:
-            fh.write(gzip.compress(b">p1\nGG\n"))
-
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
-    stats = ReadStats()
-    assert [(r.id, r.seq) for r in read_records([fifo, a], stats)] == [("p1", "GG"), ("a1", "AC")]
-    writer.join(10)
-    assert (stats.bytes_total, stats.bytes_done) == (None, os.path.getsize(a))

@@ -19,7 +19,7 @@ import re
 import stat
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -30,7 +30,8 @@ import xopen
 
 from virnucpro.errors import InputError
 
-__all__ = ["ReadStats", "Record", "check_inputs", "input_stem", "read_records"]
+__all__ = ["InputSummary", "ReadStats", "Record", "check_inputs", "input_stem", "read_records",
+           "validate_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,17 @@ class ReadStats:
     # Size of the input files on disk; None when one is stdin, a pipe or another special file.
     bytes_total: int | None = None
     bytes_done: int = 0  # bytes of the raw (compressed) regular files consumed
+
+
+@dataclass(frozen=True, slots=True)
+class InputSummary:
+    """Totals of the regular input files, from `validate_inputs`."""
+
+    files: int  # regular files read (stdin, pipes and other special files are not)
+    records: int
+    bases: int  # sequence characters, blanks dropped
+    bytes: int  # size of those files on disk, compressed or not
+    rna_records: int  # records that had a U or u
 
 
 class _Read(NamedTuple):
@@ -153,11 +165,33 @@ def read_records(paths: Sequence[str], stats: ReadStats | None = None) -> Iterat
     stats.bytes_done = starts[-1]  # the parser reads each file to its end
 
 
-def _checked(paths: Sequence[str]) -> Iterator[tuple[int, _Read]]:
-    """The checked records of `paths` with the index of their file; ids must be unique across
-    all files."""
+def validate_inputs(paths: Sequence[str]) -> InputSummary:
+    """Read every regular input once, as `read_records` will, before any model loads.
+
+    Raises the `InputError` that `read_records` would raise for the same input; memory stays
+    constant apart from the record-id set. Stdin ('-'), pipes and other special files cannot
+    be read twice, so they are skipped: their records, and ids they share with a regular file,
+    are checked only by `read_records`."""
+    check_inputs(paths)
+    sizes = _regular_sizes(paths)
+    records = bases = rna = 0
+    skip = {i for i, size in enumerate(sizes) if size is None}
+    for _, read in _checked(paths, skip):
+        records += 1
+        bases += len(read.record.seq)
+        rna += read.rna
+    regular = [size for size in sizes if size is not None]
+    return InputSummary(files=len(regular), records=records, bases=bases, bytes=sum(regular),
+                        rna_records=rna)
+
+
+def _checked(paths: Sequence[str], skip: Container[int] = ()) -> Iterator[tuple[int, _Read]]:
+    """The checked records of `paths`, except the files numbered in `skip`, with the index of
+    their file; ids must be unique across all files."""
     seen = SeenIds()
     for file_no, path in enumerate(paths):
+        if file_no in skip:
+            continue
         number = 0
         for read in _read_file(path):
             number = read.number
