@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
 # The real DNABERT-S tokenizer (zhihan1996/DNABERT-S), given to the tiny random models.
 DNABERT_TOKENIZER = DATA / "dnabert-s" / "tokenizer.json"
 
