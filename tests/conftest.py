@@ -1,4 +1,4 @@
-"""Shared fixtures. `shared/` sits beside the project root; tests that need it skip without it."""
+"""Shared fixtures. Data that tests cannot generate is in `tests/data/` (see PROVENANCE.md)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+DATA = ROOT / "tests" / "data"
+# The real DNABERT-S tokenizer (zhihan1996/DNABERT-S), given to the tiny random models.
+DNABERT_TOKENIZER = DATA / "dnabert-s" / "tokenizer.json"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not (SHARED / "SPEC.md").is_file():
-        pytest.skip("../shared is absent")
-    return SHARED
+def data_dir() -> Path:
+    """`tests/data`: the original tool's worked examples and the real DNABERT-S tokenizer."""
+    return DATA
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +23,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """Tiny random DNABERT-S, ESM-2 and classifier in their real on-disk formats."""
     from virnucpro.testing import make_tiny_models
 
-    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"), tokenizer=DNABERT_TOKENIZER)
 
 
 def orf_rich_fasta(path: Path, n: int, seed: int = 0, lengths: tuple[int, ...] = (

@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import virnucpro
 from virnucpro.errors import ModelError
 from virnucpro.models.dnabert import (
     DnaBert,
@@ -39,8 +38,9 @@ TWELVE_HEADS = DnaBertConfig(4096, 48, 2, 12, 40, 2, 1e-12, 0)
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dnabert(tmp_path_factory.mktemp("dnabert") / "tiny", seed=0)
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    return make_tiny_dnabert(tmp_path_factory.mktemp("dnabert") / "tiny", seed=0,
+                             tokenizer=data_dir / "dnabert-s" / "tokenizer.json")
 
 
 def random_state(model: DnaBert, seed: int) -> dict[str, torch.Tensor]:
@@ -118,13 +118,13 @@ KNOWN_IDS = {
 }  # fmt: skip
 
 
-def test_real_tokenizer_known_ids(shared_dir: Path) -> None:
-    tokenizer = load_dnabert_tokenizer(shared_dir / "data" / "dnabert-s")
+def test_real_tokenizer_known_ids(data_dir: Path) -> None:
+    tokenizer = load_dnabert_tokenizer(data_dir / "dnabert-s")
     assert tokenize_dna(tokenizer, list(KNOWN_IDS)) == list(KNOWN_IDS.values())
 
 
-def test_real_tokenizer_upper_cases_and_does_not_pad_or_truncate(shared_dir: Path) -> None:
-    tokenizer = load_dnabert_tokenizer(shared_dir / "data" / "dnabert-s")
+def test_real_tokenizer_upper_cases_and_does_not_pad_or_truncate(data_dir: Path) -> None:
+    tokenizer = load_dnabert_tokenizer(data_dir / "dnabert-s")
     assert tokenizer.encode("acgt").ids == [1, 0, 0, 0, 0, 2]  # why we upper-case first
     rng = random.Random(1)
     long_seq = "".join(rng.choice("ACGT") for _ in range(20000))
@@ -134,19 +134,25 @@ def test_real_tokenizer_upper_cases_and_does_not_pad_or_truncate(shared_dir: Pat
     assert short == [1, 5, 6, 1049, 2]
 
 
-def test_real_config(shared_dir: Path) -> None:
-    assert load_dnabert_config(shared_dir / "data" / "dnabert-s") == REAL_CONFIG
+def test_real_config(data_dir: Path) -> None:
+    assert load_dnabert_config(data_dir / "dnabert-s") == REAL_CONFIG
 
 
-def test_fallback_tokenizer_without_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Pretend the package lives where no ../shared exists: a BPE is trained instead.
-    monkeypatch.setattr(virnucpro, "__file__", str(tmp_path / "a" / "b" / "c" / "__init__.py"))
+def test_fallback_tokenizer_without_a_tokenizer_file(tmp_path: Path) -> None:
+    # No tokenizer.json given (as in `virnucpro selftest`): a small BPE is trained instead.
     model_dir = make_tiny_dnabert(tmp_path / "tiny")
+    vocab = json.loads((model_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    assert len(vocab) == 256  # the trained BPE, wherever the package lives
     tokenizer = load_dnabert_tokenizer(model_dir)
     ids = tokenize_dna(tokenizer, ["acgtacgtttgacc", "ACGTACGTTTGACC", "A"])
     assert ids[0] == ids[1] and ids[2] == [1, 5, 2]
-    assert ids[0][0] == 1 and ids[0][-1] == 2 and all(5 <= i < 4096 for i in ids[0][1:-1])
+    assert ids[0][0] == 1 and ids[0][-1] == 2 and all(5 <= i < 256 for i in ids[0][1:-1])
     assert embed_dnabert(load_dnabert(model_dir), ids).shape == (3, 32)
+
+
+def test_tiny_model_copies_the_tokenizer_it_is_given(tiny_dir: Path, data_dir: Path) -> None:
+    real = data_dir / "dnabert-s" / "tokenizer.json"
+    assert (tiny_dir / "tokenizer.json").read_bytes() == real.read_bytes()
 
 
 # --- architecture ------------------------------------------------------------------------------

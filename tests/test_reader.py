@@ -5,8 +5,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import logging
 import lzma
+import os
+import random
 import sys
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -14,13 +18,20 @@ import pytest
 import xopen
 
 from virnucpro.errors import InputError
-from virnucpro.reader import Record, input_stem, read_records
+from virnucpro.reader import (
+    InputSummary,
+    ReadStats,
+    Record,
+    input_stem,
+    read_records,
+    validate_inputs,
+)
 
 FASTA = b">s1 first record\nACGTN\nacgt\n>s2\n\n>s3\tdesc\nRYKM-U\n"
 EXPECTED = [
     Record("s1", "s1 first record", "ACGTNacgt", "IN"),
     Record("s2", "s2", "", "IN"),
-    Record("s3", "s3\tdesc", "RYKM-U", "IN"),
+    Record("s3", "s3\tdesc", "RYKM-T", "IN"),  # RNA is read as DNA: U as T
 ]
 
 
@@ -234,3 +245,172 @@ def test_seen_ids_finds_repeats_across_flushes(monkeypatch):
     for place, rid in enumerate(ids, 1):  # old ones live in the arrays, recent in the dict
         assert seen.add(rid, 1000 + place) == place
     assert seen.add("read_new", 5000) is None
+
+
+# ---------------------------------------------------------------------------- RNA input
+def test_rna_is_read_as_dna_counted_and_logged_once(tmp_path, caplog):
+    path = write(tmp_path, "r.fa", b">d1\nACGT\n>r1 x\nACGU\n>r2\nacgu\n>r3\nUUuuN\n")
+    stats = ReadStats()
+    with caplog.at_level(logging.INFO, logger="virnucpro.reader"):
+        records = list(read_records([path], stats))
+    assert [(r.id, r.seq) for r in records] == [
+        ("d1", "ACGT"), ("r1", "ACGT"), ("r2", "acgt"), ("r3", "TTttN")]
+    assert stats.rna_records == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: record 2 ('r1') is RNA: reading U as T and u as t (and in any later RNA record)"]
+
+
+def test_translate_of_rna_equals_translate_of_the_dna(tmp_path, data_dir):
+    from virnucpro.cli import main
+
+    dna = (data_dir / "vanilla" / "test_with_orfs.fa").read_text() + ">low\nacgtttagcatg\n"
+    rna = "".join(line if line.startswith(">") else line.replace("T", "U").replace("t", "u")
+                  for line in dna.splitlines(keepends=True))
+    assert rna != dna
+    outputs = {}
+    for kind, text in (("dna", dna), ("rna", rna)):
+        (tmp_path / kind).mkdir()
+        path = write(tmp_path / kind, "x.fa", text.encode())
+        assert main(["translate", path, "-o", str(tmp_path / kind / "out")]) == 0
+        outputs[kind] = {p.name: p.read_bytes() for p in (tmp_path / kind / "out").iterdir()}
+    assert sorted(outputs["rna"]) == ["x_chunked500.fa", "x_identified_nucleotide.fa",
+                                      "x_identified_protein.faa", "x_skipped.tsv"]
+    assert outputs["rna"] == outputs["dna"]
+    stats = ReadStats()
+    records = list(read_records([str(tmp_path / "rna" / "x.fa")], stats))
+    assert stats.rna_records == len(records) == 3
+
+
+# ----------------------------------------------------------------- pre-pass validation
+BAD_AT_THE_END = [  # 5000 good records, then a bad one; the message after "{path}: "
+    (b">r%d\nACGT\n", b">last\nACGTQ\n", "record 5001 ('last'): invalid character 'Q' "
+     "(not an IUPAC nucleotide code; is this protein?)"),
+    (b">r%d\nACGT\n", b">r7\nAC\n", "record 5001: duplicate record id 'r7' (first seen in "
+     "{path}, record 8)"),
+    (b"@r%d\nACGT\n+\nIIII\n", b"@last\nACGT\n+\nII\n", "invalid FASTQ in record 5001 or "
+     "later: Error in FASTQ file at line 20004: Length of sequence and qualities differ"),
+    (b">r%d\nACGT\n", b">\nAC\n", "record 5001: record with an empty header"),
+]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(("good", "bad", "message"), BAD_AT_THE_END)
+def test_validate_inputs_raises_what_read_records_raises(tmp_path, good, bad, message, gz):
+    first = write(tmp_path, "first.fa", b">a\nAC\n")
+    data = b"".join(good % i for i in range(5000)) + bad
+    last = write(tmp_path, "last.fa", gzip.compress(data) if gz else data)
+    with pytest.raises(InputError) as pre:
+        validate_inputs([first, last])
+    with pytest.raises(InputError) as main:
+        read([first, last])
+    assert str(pre.value) == str(main.value) == f"{last}: " + message.format(path=last)
+
+
+def test_validate_inputs_totals(tmp_path):
+    a = write(tmp_path, "a.fa", b">a1\nACGU\n>a2\nAC GT\nNN\n")
+    b = write(tmp_path, "b.fq.gz", gzip.compress(b"@b1\nTTu\n+\nIII\n"))
+    assert validate_inputs([a, b]) == InputSummary(
+        files=2, records=3, bases=13, bytes=os.path.getsize(a) + os.path.getsize(b),
+        rna_records=2)
+    with pytest.raises(InputError, match=r"missing\.fa: no such file"):
+        validate_inputs([a, str(tmp_path / "missing.fa")])
+
+
+def test_validate_inputs_skips_stdin(tmp_path, monkeypatch):
+    a = write(tmp_path, "a.fa", b">a1\nAC\n")
+    stdin = io.BytesIO(b">a1\nGG\n")  # a duplicate that only the main read can see
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert validate_inputs([a, "-"]) == InputSummary(1, 1, 2, os.path.getsize(a), 0)
+    assert stdin.tell() == 0
+    with pytest.raises(InputError, match="stdin: record 1: duplicate record id 'a1'"):
+        read([a, "-"])
+
+
+def test_pipes_are_read_once_and_have_no_size(tmp_path):
+    a = write(tmp_path, "a.fa", b">a1\nAC\n")
+    fifo = str(tmp_path / "pipe.fa")
+    os.mkfifo(fifo)
+    checker = threading.Thread(target=validate_inputs, args=([fifo, a],), daemon=True)
+    checker.start()
+    checker.join(10)
+    opened = checker.is_alive()
+    if opened:  # it waits for a writer: give it an empty one so that it ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not opened, "validate_inputs opened a pipe, which the main read then finds empty"
+    assert validate_inputs([a, fifo]) == InputSummary(1, 1, 2, os.path.getsize(a), 0)
+
+    def feed() -> None:
+        with open(fifo, "wb") as fh:
+            fh.write(gzip.compress(b">p1\nGG\n"))
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    stats = ReadStats()
+    assert [(r.id, r.seq) for r in read_records([fifo, a], stats)] == [("p1", "GG"), ("a1", "AC")]
+    writer.join(10)
+    assert (stats.bytes_total, stats.bytes_done) == (None, os.path.getsize(a))
+
+
+def test_validate_inputs_memory_does_not_grow_with_input(tmp_path):
+    from virnucpro.reader import SeenIds
+
+    rng = random.Random(0)
+
+    def peak(fn) -> int:
+        tracemalloc.start()
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    def beyond_id_set(n: int, length: int) -> int:
+        """Peak Python memory of validate_inputs on `n` records, less that of the id set."""
+        seqs = ["".join(rng.choices("ACGT", k=length)) for _ in range(4)]
+        path = write(tmp_path, f"v{n}.fa.gz", gzip.compress("".join(
+            f">r{i}\n{seqs[i % 4]}\n" for i in range(n)).encode(), 1))
+        summaries = []
+        total = peak(lambda: summaries.append(validate_inputs([path])))
+        assert summaries == [InputSummary(1, n, n * length, os.path.getsize(path), 0)]
+        def add_ids() -> None:
+            seen = SeenIds()
+            for i in range(n):
+                seen.add(f"r{i}", i)
+
+        return total - peak(add_ids)
+
+    small, large = beyond_id_set(10, 100_000), beyond_id_set(80, 100_000)  # 1 MB, 8 MB
+    assert large < small * 1.2 + 100_000, (small, large)
+    small, large = beyond_id_set(1_000, 50), beyond_id_set(25_000, 50)  # 0.06 MB, 1.4 MB
+    assert large < small * 1.2 + 100_000, (small, large)
+
+
+# ---------------------------------------------------------------------- byte progress
+def test_bytes_done_follows_the_compressed_file(tmp_path):
+    # 12 Mb of random bases, about 4 MB compressed: several reads of the raw file.
+    bases = bytes(b"ACGT"[i % 4] for i in range(256))
+    seq = random.Random(0).randbytes(12_000_000).translate(bases)
+    data = b"".join(b">r%d\n%s\n" % (i, seq[i * 1000:(i + 1) * 1000]) for i in range(12_000))
+    path = write(tmp_path, "p.fa.gz", gzip.compress(data, compresslevel=1))
+    size = os.path.getsize(path)
+    stats = ReadStats()
+    seen = [(stats.bytes_total, stats.bytes_done) for _ in read_records([path], stats)]
+    assert {total for total, _ in seen} == {size}
+    done = [d for _, d in seen]
+    assert done == sorted(done) and 0 < done[0] < size // 2
+    assert len(set(done)) > 3  # it moves while records stream, not only at the end
+    assert stats.bytes_done == size
+
+
+def test_bytes_done_over_several_files_and_stdin(tmp_path, monkeypatch):
+    a = write(tmp_path, "a.fa.gz", gzip.compress(b">a1\nAC\n>a2\nGT\n"))
+    b = write(tmp_path, "b.fa", b">b1\nAAAA\n")
+    size_a, size_b = os.path.getsize(a), os.path.getsize(b)
+    stats = ReadStats(rna_records=5, bytes_done=7)  # read_records starts it from zero
+    seen = [(r.id, stats.bytes_total, stats.bytes_done) for r in read_records([a, b], stats)]
+    assert seen == [("a1", size_a + size_b, size_a), ("a2", size_a + size_b, size_a),
+                    ("b1", size_a + size_b, size_a + size_b)]
+    assert (stats.rna_records, stats.bytes_done) == (0, size_a + size_b)
+    monkeypatch.setattr(sys, "stdin", io.BytesIO(b">c1\nGG\n"))
+    seen = [(r.id, stats.bytes_total, stats.bytes_done) for r in read_records([a, "-"], stats)]
+    assert seen == [("a1", None, size_a), ("a2", None, size_a), ("c1", None, size_a)]
+    assert stats.bytes_done == size_a

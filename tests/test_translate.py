@@ -53,13 +53,13 @@ def write(tmp_path: Path, name: str, data: bytes) -> str:
 
 
 # ------------------------------------------------------------------- the original's files
-def vanilla_inputs(shared: Path) -> list[Path]:
-    names = sorted((shared / "data" / "vanilla").glob("*.fa"))
+def vanilla_inputs(data: Path) -> list[Path]:
+    names = sorted((data / "vanilla").glob("*.fa"))
     return [p for p in names if not any(s in p.name for s in ("_chunked", "_identified"))]
 
 
-def test_vanilla_outputs_byte_identical(shared_dir, tmp_path, capsys):
-    inputs = vanilla_inputs(shared_dir)
+def test_vanilla_outputs_byte_identical(data_dir, tmp_path, capsys):
+    inputs = vanilla_inputs(data_dir)
     assert inputs
     for path in inputs:
         out = tmp_path / path.stem
@@ -78,9 +78,9 @@ def test_vanilla_outputs_byte_identical(shared_dir, tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_vanilla_chunked_wrapping_detail(shared_dir, tmp_path):
+def test_vanilla_chunked_wrapping_detail(data_dir, tmp_path):
     # Biopython wraps at 60 and ends with a newline; the identified files are one line each.
-    path = shared_dir / "data" / "vanilla" / "test_with_orfs.fa"
+    path = data_dir / "vanilla" / "test_with_orfs.fa"
     assert translate(str(path), "-o", str(tmp_path)) == 0
     chunked = (tmp_path / "test_with_orfs_chunked500.fa").read_text().splitlines()
     assert {len(line) for line in chunked if not line.startswith(">")} <= set(range(1, 61))

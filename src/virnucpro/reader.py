@@ -2,7 +2,7 @@
 
 Compression (gzip, bzip2, xz, zstd) and format (FASTA or FASTQ) are detected from the content, never
 from the file name: xopen decompresses, dnaio parses, and this module only checks the records.
-Only one record (plus one read block) is held at a time.
+Only one record (plus one read block) is held at a time. RNA is read as DNA (U as T, u as t).
 """
 
 from __future__ import annotations
@@ -11,12 +11,15 @@ import contextlib
 import hashlib
 import importlib
 import io
+import itertools
+import logging
 import lzma
 import os
 import re
+import stat
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -27,7 +30,10 @@ import xopen
 
 from virnucpro.errors import InputError
 
-__all__ = ["Record", "check_inputs", "input_stem", "read_records"]
+__all__ = ["InputSummary", "ReadStats", "Record", "check_inputs", "input_stem", "read_records",
+           "validate_inputs"]
+
+log = logging.getLogger(__name__)
 
 _BLOCK = 1 << 20
 # IUPAC nucleotide codes in either case, plus '-' (gap). Anything else is rejected.
@@ -43,6 +49,7 @@ _OPTIONAL_ERRORS = (("isal.isal_zlib", "error"), ("zlib_ng.zlib_ng", "error"),
 _COMPRESSED_SUFFIXES = (".gz", ".bgz", ".bz2", ".xz", ".zst")
 _SEQUENCE_SUFFIXES = (".fasta", ".fas", ".fa", ".fna", ".ffn", ".frn", ".fsa", ".seq",
                       ".fastq", ".fq")
+_RNA_TO_DNA = str.maketrans("Uu", "Tt")
 
 
 def _decompress_errors() -> tuple[type[BaseException], ...]:
@@ -64,6 +71,37 @@ class Record:
     header: str  # full header line without '>' / '@'
     seq: str  # as in the input (case kept), no whitespace
     source: str  # the path as given ('-' for stdin), for messages
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """What `read_records` has read so far; it fills the one a caller passes, from zero, and
+    updates it before each record is yielded (for a progress bar and the final report)."""
+
+    rna_records: int = 0  # records that had a U or u, read as T or t
+    # Size of the input files on disk; None when one is stdin, a pipe or another special file.
+    bytes_total: int | None = None
+    bytes_done: int = 0  # bytes of the raw (compressed) regular files consumed
+
+
+@dataclass(frozen=True, slots=True)
+class InputSummary:
+    """Totals of the regular input files, from `validate_inputs`."""
+
+    files: int  # regular files read (stdin, pipes and other special files are not)
+    records: int
+    bases: int  # sequence characters, blanks dropped
+    bytes: int  # size of those files on disk, compressed or not
+    rna_records: int  # records that had a U or u
+
+
+class _Read(NamedTuple):
+    """One checked record and where the reader stands in its file."""
+
+    number: int  # record number in its file, from 1
+    record: Record
+    rna: bool  # had a U or u (now T or t)
+    offset: int | None  # bytes of the raw file consumed so far; None unless a regular file
 
 
 class _Fasta(NamedTuple):
@@ -106,24 +144,87 @@ def check_inputs(paths: Sequence[str]) -> None:
             raise InputError(f"{path}: permission denied")
 
 
-def read_records(paths: Sequence[str]) -> Iterator[Record]:
-    """Yield the records of all `paths` in input order; ids must be unique across all."""
+def read_records(paths: Sequence[str], stats: ReadStats | None = None) -> Iterator[Record]:
+    """Yield the records of all `paths` in input order; ids must be unique across all.
+
+    Pass a `ReadStats` to follow the bytes read and count the RNA records: it is set up when
+    iteration starts, so `bytes_total` is known before the first record arrives."""
     check_inputs(paths)
+    regular = _regular_sizes(paths)
+    sizes = [size or 0 for size in regular]
+    starts = [0, *itertools.accumulate(sizes)]  # bytes before each file, and in all
+    stats = ReadStats() if stats is None else stats
+    stats.rna_records, stats.bytes_done = 0, 0
+    stats.bytes_total = None if None in regular else starts[-1]
+    for file_no, read in _checked(paths):
+        if read.rna:
+            _count_rna(stats, paths[file_no], read)
+        if read.offset is not None:  # a file may grow while we read it: stay monotonic
+            stats.bytes_done = starts[file_no] + min(read.offset, sizes[file_no])
+        yield read.record
+    stats.bytes_done = starts[-1]  # the parser reads each file to its end
+
+
+def validate_inputs(paths: Sequence[str]) -> InputSummary:
+    """Read every regular input once, as `read_records` will, before any model loads.
+
+    Raises the `InputError` that `read_records` would raise for the same input; memory stays
+    constant apart from the record-id set. Stdin ('-'), pipes and other special files cannot
+    be read twice, so they are skipped: their records, and ids they share with a regular file,
+    are checked only by `read_records`."""
+    check_inputs(paths)
+    sizes = _regular_sizes(paths)
+    records = bases = rna = 0
+    skip = {i for i, size in enumerate(sizes) if size is None}
+    for _, read in _checked(paths, skip):
+        records += 1
+        bases += len(read.record.seq)
+        rna += read.rna
+    regular = [size for size in sizes if size is not None]
+    return InputSummary(files=len(regular), records=records, bases=bases, bytes=sum(regular),
+                        rna_records=rna)
+
+
+def _checked(paths: Sequence[str], skip: Container[int] = ()) -> Iterator[tuple[int, _Read]]:
+    """The checked records of `paths`, except the files numbered in `skip`, with the index of
+    their file; ids must be unique across all files."""
     seen = SeenIds()
     for file_no, path in enumerate(paths):
+        if file_no in skip:
+            continue
         number = 0
-        for number, record in enumerate(_read_file(path), 1):
-            place = file_no << 40 | number  # (file, record number) packed in one int
-            first = seen.add(record.id, place)
+        for read in _read_file(path):
+            number = read.number
+            first = seen.add(read.record.id, file_no << 40 | number)  # (file, record) in an int
             if first is not None:
                 raise InputError(
-                    f"{_display(path)}: record {number}: duplicate record id {record.id!r} "
+                    f"{_display(path)}: record {number}: duplicate record id {read.record.id!r} "
                     f"(first seen in {_display(paths[first >> 40])}, "
                     f"record {first & ((1 << 40) - 1)})"
                 )
-            yield record
+            yield file_no, read
         if number == 0:
             raise InputError(f"{_display(path)}: no sequence records found")
+
+
+def _regular_sizes(paths: Sequence[str]) -> list[int | None]:
+    """Size on disk of each input; None for stdin and special files (a pipe has no size)."""
+    sizes: list[int | None] = []
+    for path in paths:
+        try:
+            info = None if path == "-" else os.stat(path)
+        except OSError as exc:  # gone since check_inputs
+            raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        sizes.append(info.st_size if info is not None and stat.S_ISREG(info.st_mode) else None)
+    return sizes
+
+
+def _count_rna(stats: ReadStats, path: str, read: _Read) -> None:
+    """Count an RNA record; the first one is logged, naming the file and the record."""
+    stats.rna_records += 1
+    if stats.rna_records == 1:
+        log.info("%s: record %d (%r) is RNA: reading U as T and u as t (and in any later RNA "
+                 "record)", _display(path), read.number, read.record.id)
 
 
 class SeenIds:
@@ -162,14 +263,17 @@ class SeenIds:
         self._hashes, self._places, self._recent = hashes[order], places[order], {}
 
 
-def _read_file(source: str) -> Iterator[Record]:
+def _read_file(source: str) -> Iterator[_Read]:
     """Open one input, detect compression and format, and yield its checked records."""
     path = _display(source)
     raw = _open_raw(source)
+    regular = source != "-" and stat.S_ISREG(os.fstat(raw.fileno()).st_mode)
     try:
         stream = io.BufferedReader(xopen.xopen(raw, "rb", threads=0), _BLOCK)
         fasta = _is_fasta(path, stream)
-        yield from _parse(stream, fasta, path, source)
+        for number, (record, rna) in enumerate(_parse(stream, fasta, path, source), 1):
+            # The position in the raw file under the decompressor: compressed bytes consumed.
+            yield _Read(number, record, rna, raw.tell() if regular else None)
     except _DECOMPRESS_ERRORS as exc:
         raise InputError(
             f"{path}: cannot read: {_one_line(exc)} (truncated or corrupt file?)"
@@ -215,7 +319,8 @@ def _looks_binary(data: bytes) -> bool:
                                     for b in sample) > len(sample) // 10
 
 
-def _parse(stream: BinaryIO, fasta: bool, path: str, source: str) -> Iterator[Record]:
+def _parse(stream: BinaryIO, fasta: bool, path: str,
+           source: str) -> Iterator[tuple[Record, bool]]:
     """Yield the checked records of a decompressed FASTA or FASTQ stream."""
     number = 0  # records read so far
     try:
@@ -233,8 +338,11 @@ def _parse(stream: BinaryIO, fasta: bool, path: str, source: str) -> Iterator[Re
                          f"0x{exc.object[exc.start]:02x}; binary file?)") from None
 
 
-def _record(header: str, seq: str, fasta: bool, source: str, path: str, number: int) -> Record:
-    """Check record `number` of `path` as parsed by dnaio."""
+def _record(header: str, seq: str, fasta: bool, source: str, path: str,
+            number: int) -> tuple[Record, bool]:
+    """Check record `number` of `path` as parsed by dnaio; RNA is read as DNA.
+
+    Returns the record and whether it had a U or u."""
     header = header.strip()
     words = header.split(maxsplit=1)
     if not words:
@@ -247,7 +355,10 @@ def _record(header: str, seq: str, fasta: bool, source: str, path: str, number: 
         if bad:
             raise InputError(f"{path}: record {number} ({words[0]!r}): invalid character "
                              f"{bad.group()!r} (not an IUPAC nucleotide code; is this protein?)")
-    return Record(id=words[0], header=header, seq=seq, source=source)
+    rna = "U" in seq or "u" in seq
+    if rna:  # SPEC §1; the original dropped every codon with a U
+        seq = seq.translate(_RNA_TO_DNA)
+    return Record(id=words[0], header=header, seq=seq, source=source), rna
 
 
 def _one_line(exc: BaseException) -> str:

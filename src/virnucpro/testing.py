@@ -14,12 +14,13 @@ class TinyModels:
     classifier_path: Path
 
 
-def make_tiny_dnabert(out_dir: Path, seed: int = 0) -> Path:
+def make_tiny_dnabert(out_dir: Path, seed: int = 0, tokenizer: Path | None = None) -> Path:
     """Write a tiny DNABERT-S directory (config.json, pytorch_model.bin, tokenizer.json).
 
     Same config fields and checkpoint keys as the hub model; hidden 32, 2 layers, 4 heads and
-    random weights. The tokenizer is the real one when `../shared` is there, else a small BPE
-    trained here with the same special tokens, ids and `[CLS] $A [SEP]` template.
+    random weights. `tokenizer` is a `tokenizer.json` to copy (the real one, in tests);
+    without it a small BPE is trained here with the same special tokens, ids and
+    `[CLS] $A [SEP]` template.
     """
     import json
     import random
@@ -27,7 +28,6 @@ def make_tiny_dnabert(out_dir: Path, seed: int = 0) -> Path:
 
     import torch
 
-    import virnucpro
     from virnucpro.models.dnabert import DnaBert, load_dnabert_config
 
     out_dir = Path(out_dir)
@@ -53,9 +53,8 @@ def make_tiny_dnabert(out_dir: Path, seed: int = 0) -> Path:
         state[key] = 1 + 0.1 * noise if is_norm_weight else 0.2 * noise
     torch.save(state, out_dir / "pytorch_model.bin")
 
-    shared = Path(virnucpro.__file__).resolve().parents[3] / "shared" / "data" / "dnabert-s"
-    if (shared / "tokenizer.json").is_file():
-        shutil.copyfile(shared / "tokenizer.json", out_dir / "tokenizer.json")
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
         return out_dir
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
@@ -187,13 +186,15 @@ torch.save(model, path)
     return path
 
 
-def make_tiny_models(out_dir: Path, seed: int = 0) -> TinyModels:
-    """Write all three tiny models under `out_dir` and return their paths."""
+def make_tiny_models(out_dir: Path, seed: int = 0, tokenizer: Path | None = None) -> TinyModels:
+    """Write all three tiny models under `out_dir` and return their paths.
+
+    `tokenizer`: a DNABERT-S `tokenizer.json` to use (see `make_tiny_dnabert`)."""
     from virnucpro.models.dnabert import load_dnabert_config
     from virnucpro.models.esm import load_esm_config
 
     out_dir = Path(out_dir)
-    dnabert_dir = make_tiny_dnabert(out_dir / "dnabert-s", seed=seed)
+    dnabert_dir = make_tiny_dnabert(out_dir / "dnabert-s", seed=seed, tokenizer=tokenizer)
     esm_dir = make_tiny_esm(out_dir / "esm2", seed=seed)
     input_dim = load_dnabert_config(dnabert_dir).hidden_size + load_esm_config(esm_dir).hidden_size
     classifier = make_tiny_classifier(out_dir / "classifier.pth", input_dim=input_dim, seed=seed)
