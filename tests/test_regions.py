@@ -71,6 +71,14 @@ def test_isolated_chunks_are_smoothed_away():
     assert track([V] * 5 + [H] + [V] * 5) == [(0, 3300, 11, "whole")]
 
 
+def test_a_host_chunk_at_a_sequence_end_is_trimmed_off():
+    # One host chunk does not repay a switch, so the path keeps it; the region does not.
+    assert track([H] * 6 + [V] * 6 + [H]) == [(1800, 3600, 6, "partial")]
+    assert track([0.3] + [V] * 6 + [H] * 6) == [(300, 2100, 6, "partial")]
+    assert track([H, N] + [V] * 6) == [(600, 2400, 6, "partial")]
+    assert track([V] * 6 + [N, N]) == [(0, 2400, 8, "whole")]
+
+
 def test_switch_prob_sets_how_much_evidence_a_region_needs():
     weak = [0.1] * 6 + [0.9] * 4 + [0.1] * 6  # 4 x logit(0.9) = 8.8 nats < two switches
     assert track(weak) == []
@@ -134,14 +142,14 @@ def test_threshold_moves_regions_and_filters_weak_ones():
     scores = [0.2] * 5 + [0.8] * 12 + [0.2] * 5  # 12 x logit(0.8) = 16.6 nats
     assert track(scores, threshold=0.5) == [(1500, 5100, 12, "partial")]
     assert track(scores, threshold=0.85) == []
-    # Each 0.99 chunk outvotes three 0.3 chunks, but the mean score is 0.4725: a whole region
+    # Each 0.99 chunk outvotes three 0.3 chunks, but the mean score is below 0.5: a whole region
     # has the sequence's own score, and is kept only where the sequence is called virus.
     from virnucpro.regions import _emissions
 
-    scores = [0.99, 0.3, 0.3, 0.3] * 5
+    scores = [0.99, 0.3, 0.3, 0.3] * 5 + [0.99]  # mean 0.497
     assert viterbi(_emissions(np.array(scores), 0.5), 1e-3).all()
     assert track(scores) == []
-    assert track([0.99, 0.35, 0.35, 0.35] * 5) == [(0, 6000, 20, "whole")]  # mean 0.51
+    assert track([0.99, 0.35, 0.35, 0.35] * 5 + [0.99]) == [(0, 6300, 21, "whole")]  # 0.53
     assert track([0.6] * 6, threshold=0.0) == [(0, 1800, 6, "whole")]
 
 
@@ -219,12 +227,13 @@ def test_region_fasta():
 
 def test_regions_from_a_predict_outputs_chunks_tsv(tmp_path):
     out = write_predict_output(tmp_path / "pred")  # the hand-made output in conftest
-    regions = regions_from_chunks_tsv(out / "chunks.tsv", 0.5)
-    # v1: chunks 0.75 and 0.3, both virus on the best path; o2, x1: one chunk each >= 0.5;
-    # o1: 0.4 and a no_call; o3: a no_call only.
-    assert [(r.seq_id, r.start, r.end, r.n_chunks, r.kind) for r in regions] == [
-        ("v1", 0, 1000, 2, "whole"), ("o2", 0, 300, 1, "whole"), ("x1", 0, 300, 1, "whole")]
-    assert regions[0].score == pytest.approx(0.525)
+    regions = regions_from_chunks_tsv(out / "chunks.tsv", 0.5, ANY_LENGTH)
+    # v1: chunks 0.75 and 0.3, both virus on the best path, the 0.3 at the end trimmed off;
+    # o2, x1: one chunk each >= 0.5; o1: 0.4 and a no_call; o3: a no_call only.
+    assert [(r.seq_id, r.start, r.end, r.n_chunks, r.score, r.kind) for r in regions] == [
+        ("v1", 0, 500, 1, 0.75, "partial"), ("o2", 0, 300, 1, 0.55, "whole"),
+        ("x1", 0, 300, 1, 0.8, "whole")]
+    assert [r.seq_id for r in regions_from_chunks_tsv(out / "chunks.tsv", 0.5)] == ["o2", "x1"]
     assert [r.seq_id for r in regions_from_chunks_tsv(out / "chunks.tsv", 0.6)] == ["x1"]
 
 

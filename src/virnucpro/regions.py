@@ -11,11 +11,13 @@ the Viterbi path through it gives each chunk a state; each run of virus chunks i
   one chunk tips the balance, log(99) = 4.6 nats at t = 0.5, so no single confident chunk
   makes a region (nor, with t above 0.99, does any chunk).
 - **no_call chunks** (no stop-free frame, score NaN or None) vote 0 for both states: the
-  neighbours decide: between a region and host they go to host (ties go to host), at
-  either end of a sequence they join the state next to them (the first state is free).
+  neighbours decide, and between a region and host they go to host (ties go to host).
 - **Transitions.** Either state moves to the other with `switch_prob` per chunk step; both
   states are equally likely at the first chunk. A region inside a sequence pays two switches
   (2 x 6.9 nats at the default 1e-3), so it needs about three confident chunks.
+- **Edges.** A region begins and ends with chunks called virus (score >= threshold): at a
+  sequence end the path may keep one host chunk rather than pay a switch, and that chunk is
+  trimmed off. no_call chunks between a region and a sequence end join the region.
 - **Coordinates.** 0-based, end exclusive. Where two chunks in different states overlap (or
   leave a gap), the boundary is the midpoint between the first one's end and the second
   one's start; the regions and the host parts between them tile the sequence.
@@ -122,6 +124,22 @@ def _runs(states: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
+def _trim(first: int, stop: int, scores: np.ndarray, threshold: float) -> tuple[int, int]:
+    """Narrow a run of virus states to begin and end with chunks called virus; no_call chunks
+    between it and a sequence end then join it. Only at a sequence end can the path hold a
+    chunk below the threshold at a run's edge: leaving the virus state there costs a switch
+    that one chunk does not repay, so a host flank of one chunk would join the region."""
+    called = np.flatnonzero(scores[first:stop] >= threshold)  # NaN (no_call) is never called
+    if not len(called):
+        return first, first  # not reached: a run's votes sum above zero
+    first, stop = first + int(called[0]), first + int(called[-1]) + 1
+    if np.isnan(scores[:first]).all():
+        first = 0
+    if np.isnan(scores[stop:]).all():
+        stop = len(scores)
+    return first, stop
+
+
 def _as_arrays(starts: Sequence[int], ends: Sequence[int],
                scores: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = np.asarray(starts, np.int64)
@@ -152,7 +170,8 @@ def find_regions(seq_id: str, seq_length: int, chunk_starts: Sequence[int],
     # Boundary between chunk k and k + 1: midway between k's end and k + 1's start.
     cuts = np.concatenate([[0], (ends[:-1] + starts[1:]) // 2, [seq_length]])
     regions: list[Region] = []
-    for first, stop in _runs(states):
+    for run in _runs(states):
+        first, stop = _trim(*run, scores, threshold)
         start, end = int(cuts[first]), int(cuts[stop])
         kind = WHOLE if (start, end) == (0, seq_length) else PARTIAL
         scored = scores[first:stop][~np.isnan(scores[first:stop])]
