@@ -194,6 +194,7 @@ def test_viterbi_is_the_best_path():
         threshold, p = rng.choice([0.3, 0.5, 0.8]), rng.choice([1e-3, 0.05, 0.3])
         states = viterbi(_emissions(np.array(scores), threshold), p)
         assert tuple(states.tolist()) == _best_path(scores, threshold, p), (scores, threshold, p)
+    assert viterbi(np.zeros((0, 2)), 1e-3).tolist() == []
 
 
 # ------------------------------------------------------------------ formatting and files

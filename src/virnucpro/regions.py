@@ -101,6 +101,8 @@ def viterbi(votes: np.ndarray, switch_prob: float) -> np.ndarray:
     """The most likely state per chunk (True = virus) given [n, 2] (host, virus) log-votes."""
     stay, switch = math.log1p(-switch_prob), math.log(switch_prob)
     n = len(votes)
+    if n == 0:
+        return np.zeros(0, bool)
     # came_from[i, k]: the state at chunk i - 1 on the best path into state k at chunk i.
     came_from = np.zeros((n, 2), bool)
     host, virus = float(votes[0, 0]), float(votes[0, 1])
