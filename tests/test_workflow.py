@@ -1,0 +1,62 @@
+"""workflow/Snakefile: the real snakemake runs one input as shards and merges them, and the
+merged directory holds the bytes of one `virnucpro predict` run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, orf_rich_fasta, predict_args
+
+import virnucpro
+from virnucpro.cli import main
+
+pytestmark = pytest.mark.slow
+
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+OPTIONS = {"device": "cpu", "threads": "1", "unit_frames": "3", "threshold": "0.3"}
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every file under `out` but run.json (timings) and the shard directories."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "run.json" and p.relative_to(out).parts[0] != "shards"}
+
+
+def test_snakemake_shards_then_merge_equal_one_run(tiny_models, tmp_path):
+    pytest.importorskip("snakemake", reason="snakemake is not installed (pip install "
+                                            "'.[workflow]')")
+    inp = orf_rich_fasta(tmp_path / "in.fa", 16)
+    with inp.open("a") as fh:  # records without a frame, as in test_shards.py
+        fh.write(">empty\n\n>tiny two bases\nAC\n")
+    single = tmp_path / "single"
+    assert main(predict_args(tiny_models, [inp], single, "--device", "cpu", "--threads", "1",
+                             "--unit-frames", "3", "--threshold", "0.3")) == 0
+
+    out = tmp_path / "out"
+    config = {"input": inp, "outdir": out, "shards": 2, "dnabert": tiny_models.dnabert_dir,
+              "esm": tiny_models.esm_dir, "model_path": tiny_models.classifier_path,
+              "offline": 1, "virnucpro": f"{sys.executable} -m virnucpro", **OPTIONS}
+    # The jobs import this checkout's virnucpro, as this process does.
+    src = str(Path(virnucpro.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--cores", "2",
+         "--directory", str(tmp_path), "--config", *(f"{k}={v}" for k, v in config.items())],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in sorted((out / "shards").iterdir())] == ["1", "2"]
+    assert all((out / "shards" / i / "shard.json").is_file() for i in ("1", "2"))
+
+    merged, expected = _files(out), _files(single)
+    assert sorted(merged) == sorted(expected) and len(expected) >= 5
+    for name, data in expected.items():
+        assert merged[name] == data, name
+    run, ref = (json.loads((d / "run.json").read_text()) for d in (out, single))
+    assert run["fingerprint"] == ref["fingerprint"] and run["counts"] == ref["counts"]
+    assert [s["shard"] for s in run["timing"]["shards"]] == ["1/2", "2/2"]
