@@ -15,8 +15,21 @@ def test_progress_without_a_terminal_goes_to_the_log(caplog, monkeypatch):
         bar.update(10, 40, False, stats)
         bar.update(40, 40, True, stats)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0].startswith("10 of 40 frames scored (still reading input); frames/s: cpu ")
+    assert lines[0].startswith("10 frames scored; frames/s: cpu ")
     assert lines[1].startswith("40 of 40 frames scored; frames/s: cpu ")
+
+
+def test_progress_has_a_total_and_an_eta_from_the_input_size(caplog, monkeypatch):
+    """The share of the input scored is known from the first unit on: bytes of input behind
+    the units handed on, of the input's size (compressed bytes for gzip)."""
+    monkeypatch.setattr(Progress, "LOG_EVERY", 0.0)
+    bar = Progress(enabled=False)
+    monkeypatch.setattr(bar, "_clock", lambda: 60.0)  # a minute after the start, a quarter
+    bar.t0, bar.logged = 0.0, float("-inf")  # of the input is done
+    with caplog.at_level(logging.INFO, logger="virnucpro.progress"):
+        bar.update(100, 100, False, {"cpu": 100}, (250, 1000))
+    assert caplog.records[0].getMessage() == (
+        "25% of the input scored, 100 frames scored; frames/s: cpu 2/s; ETA 0:03:00")
 
 
 def test_progress_log_is_rate_limited(caplog):

@@ -22,6 +22,7 @@ from typing import Any
 from virnucpro import __version__, files, outputs
 from virnucpro.errors import InputError, OutputError
 from virnucpro.frames import RecordFrames
+from virnucpro.reader import ReadStats
 from virnucpro.runtime.engine import Job, Plan, RunStats, plan_from_record, run_units
 from virnucpro.runtime.plan import (
     RuntimeConfig,
@@ -227,21 +228,21 @@ def _run_record(cfg: PredictConfig, plan: RunPlan, stats: RunStats, counts: dict
     }
 
 
-def _run_engine(cfg: PredictConfig, plan: RunPlan, resume: Resume,
+def _run_engine(cfg: PredictConfig, plan: RunPlan, resume: Resume, read: ReadStats,
                 consume: Callable[[list[RecordFrames], UnitResult], None],
                 on_settled: Callable[[Plan], None]) -> RunStats:
     """Score the run's units (only its shard's, if it is one) on the chosen engine."""
     rt = cfg.runtime
     specs = worker_specs(rt, plan.paths, save_embeddings=cfg.save_embeddings,
                          recorded=resume.plan)
-    job = Job(specs, rt.request(), units_home(cfg), resume.done,
-              resume.plan, need_features=cfg.save_embeddings, progress=rt.progress)
-    stream = UnitStream(cfg.inputs, plan.chunk_size, rt.unit_frames, cfg.shard)
+    job = Job(specs, rt.request(), units_home(cfg), resume.done, resume.plan,
+              need_features=cfg.save_embeddings, progress=rt.progress, read=read)
+    units = UnitStream(cfg.inputs, plan.chunk_size, rt.unit_frames, cfg.shard).units(read)
     if rt.engine == "ray":
         from virnucpro.runtime.ray_engine import run_units_ray
 
-        return run_units_ray(job, stream, consume, on_settled, address=rt.ray_address)
-    return run_units(job, iter(stream), consume, on_settled)
+        return run_units_ray(job, units, consume, on_settled, address=rt.ray_address)
+    return run_units(job, units, consume, on_settled)
 
 
 def run_predict(cfg: PredictConfig) -> dict[str, Any]:
@@ -261,6 +262,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     writer = outputs.PredictWriter(cfg.output_dir, state / "tmp", cfg.threshold,
                                    cfg.save_embeddings and cfg.shard is None)
     consumed: list[int] = []
+    read = ReadStats()
     settled: list[Plan] = [resume.plan] if resume.plan is not None else []
     startup: list[float] = []
 
@@ -274,7 +276,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
         _write_state(state, plan, p)
 
     try:
-        stats = _run_engine(cfg, plan, resume, consume, on_settled)
+        stats = _run_engine(cfg, plan, resume, read, consume, on_settled)
     except BaseException:
         writer.abort()
         raise

@@ -215,6 +215,7 @@ class _Feed:
     frames_seen: int = 0
     seconds: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
+    read_to: dict[int, int] = field(default_factory=dict)  # input bytes read up to each unit
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ class _Saved:
 
 
 def _feed(units: Iterator[tuple[WorkUnit, Any]], saved: _Saved, pool: Pool,
-          slots: threading.Semaphore, feed: _Feed) -> None:
+          slots: threading.Semaphore, feed: _Feed, read: Any) -> None:
     """Chunk and translate ahead of the models; send each unit to the workers, or straight
     to the writer when it has no frames or was finished by an earlier run."""
     try:
@@ -240,6 +241,8 @@ def _feed(units: Iterator[tuple[WorkUnit, Any]], saved: _Saved, pool: Pool,
                 if feed.stop.is_set():
                     return
             unit, records = item
+            if read is not None:
+                feed.read_to[unit.index] = read.bytes_done
             feed.pending[unit.index] = (unit, records)
             feed.order.append(unit.index)
             feed.frames_seen += unit.n_frames
@@ -291,6 +294,7 @@ class Job:
     recorded: Plan | None = None  # the plan an earlier run of this output settled
     need_features: bool = False  # saved units must carry features
     progress: bool = False
+    read: Any = None  # the reader's ReadStats (bytes read, of how many), for the progress bar
 
 
 def run_units(job: Job, units: Iterator[tuple[WorkUnit, T]],
@@ -320,7 +324,8 @@ def _collect(pool: Pool, job: Job, units: Iterator[tuple[WorkUnit, T]],
     bar = Progress(job.progress)
     slots = threading.Semaphore(2 * len(job.specs) + 2)  # units in flight: bounds memory
     saved = _Saved(job.home, set(job.done), job.need_features)
-    feeder = threading.Thread(target=_feed, args=(units, saved, pool, slots, feed), daemon=True)
+    feeder = threading.Thread(target=_feed, args=(units, saved, pool, slots, feed, job.read),
+                              daemon=True)
     feeder.start()
     ready: dict[int, UnitResult] = {}
     n_consumed, n_units, frames_done = 0, None, 0
@@ -343,11 +348,18 @@ def _collect(pool: Pool, job: Job, units: Iterator[tuple[WorkUnit, T]],
                 n_consumed += 1
                 frames_done += unit.n_frames
                 bar.update(frames_done, feed.frames_seen, n_units is not None,
-                           stats.frames_per_device)
+                           stats.frames_per_device, _bytes(job.read, feed.read_to.pop(index, None)))
     finally:
         feed.stop.set()
         bar.close()
     stats.read_seconds = feed.seconds
+
+
+def _bytes(read: Any, done: int | None) -> tuple[int, int] | None:
+    """(input bytes behind the units handed on, input bytes in all), when the size is known."""
+    if read is None or done is None or read.bytes_total is None:
+        return None
+    return done, read.bytes_total
 
 
 def _log_plan(plan: Plan, specs: tuple[WorkerSpec, ...]) -> None:

@@ -239,7 +239,10 @@ def run_units_ray(job: Job, units: Iterable[tuple[WorkUnit, T]],
                 stats.add(result, unit.n_frames)
             consume(payload, result)
             frames_done += unit.n_frames
-            bar.update(frames_done, frames_done, False, stats.frames_per_device)
+            read = job.read
+            total = read.bytes_total if read is not None else None
+            bar.update(frames_done, frames_done, False, stats.frames_per_device,
+                       (read.bytes_done, total) if total is not None else None)
     finally:
         bar.close()
         for a in actors:

@@ -20,7 +20,7 @@ import numpy as np
 from virnucpro.errors import OutputError
 from virnucpro.files import os_error
 from virnucpro.frames import RecordFrames, iter_record_frames
-from virnucpro.reader import read_records
+from virnucpro.reader import ReadStats, read_records
 from virnucpro.runtime.batching import WorkUnit, iter_units
 from virnucpro.runtime.worker import UnitResult
 
@@ -40,7 +40,12 @@ class UnitStream:
     shard: tuple[int, int] | None = None
 
     def __iter__(self) -> Iterator[tuple[WorkUnit, list[RecordFrames]]]:
-        records = iter_record_frames(read_records(list(self.inputs)), self.chunk_size)
+        return self.units()
+
+    def units(self, stats: ReadStats | None = None,
+              ) -> Iterator[tuple[WorkUnit, list[RecordFrames]]]:
+        """The units; `stats` follows the reader (bytes read, RNA records)."""
+        records = iter_record_frames(read_records(list(self.inputs), stats), self.chunk_size)
         units = iter_units(records, self.unit_frames)
         return units if self.shard is None else select_shard(units, self.shard)
 
