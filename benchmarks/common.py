@@ -27,11 +27,8 @@ from virnucpro.reader import Record
 from virnucpro.runtime.batching import token_batches
 
 REPO = Path(__file__).resolve().parents[1]
-# Where the real DNABERT-S tokenizer may be (`../shared` beside the checkout, or inside it).
-TOKENIZER_CANDIDATES = (
-    REPO.parent / "shared" / "data" / "dnabert-s" / "tokenizer.json",
-    REPO / "shared" / "data" / "dnabert-s" / "tokenizer.json",
-)
+# The real DNABERT-S tokenizer, kept with the test data (see tests/data/PROVENANCE.md).
+TOKENIZER_CANDIDATES = (REPO / "tests" / "data" / "dnabert-s" / "tokenizer.json",)
 
 
 # ------------------------------------------------------------------ model shapes
