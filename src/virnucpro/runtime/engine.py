@@ -79,7 +79,10 @@ def plan_from_record(record: dict[str, Any] | None) -> Plan | None:
 class Pool:
     """The worker processes of a run and the queues they share."""
 
-    def __init__(self, specs: tuple[WorkerSpec, ...]) -> None:
+    def __init__(self, specs: tuple[WorkerSpec, ...],
+                 target: Callable[..., None] | None = None) -> None:
+        """`target`: the worker process's function (default `worker.worker_main`); a
+        benchmark of the orchestration passes a stand-in with the same protocol."""
         import multiprocessing as mp
 
         from virnucpro.runtime.worker import worker_main
@@ -88,7 +91,7 @@ class Pool:
         self.specs = specs
         self.tasks, self.results = ctx.Queue(), ctx.Queue()
         self.controls = [ctx.Queue() for _ in specs]
-        self.procs = [ctx.Process(target=worker_main, daemon=True,
+        self.procs = [ctx.Process(target=target or worker_main, daemon=True,
                                   args=(i, s, self.controls[i], self.tasks, self.results),
                                   name=f"virnucpro-worker-{i}")
                       for i, s in enumerate(specs)]
@@ -295,6 +298,7 @@ class Job:
     need_features: bool = False  # saved units must carry features
     progress: bool = False
     read: Any = None  # the reader's ReadStats (bytes read, of how many), for the progress bar
+    worker: Callable[..., None] | None = None  # None: worker.worker_main (see Pool)
 
 
 def run_units(job: Job, units: Iterator[tuple[WorkUnit, T]],
@@ -305,7 +309,7 @@ def run_units(job: Job, units: Iterator[tuple[WorkUnit, T]],
     record it for a resume). Units in `job.done` are loaded from `job.home`; each newly
     scored unit is saved there before `consume`. Unit indexes need not be consecutive (a
     shard skips the units of other shards)."""
-    pool = Pool(job.specs)
+    pool = Pool(job.specs, job.worker)
     ok = False
     try:
         stats = RunStats(plan=pool.settle(job.request, job.recorded))
