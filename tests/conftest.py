@@ -117,7 +117,8 @@ def write_predict_output(out: Path) -> Path:
     return out
 
 
-RESULT_FILES = ("predictions", "highest", "sequences", "chunks", "viral")
+RESULT_FILES = ("predictions", "highest", "sequences", "chunks", "viral", "regions",
+                "regions_fna")
 
 
 def predict_args(models, inputs, out, *extra: str) -> list[str]:

@@ -170,13 +170,35 @@ def test_rerun_of_a_finished_run_does_nothing_and_a_different_run_is_refused(
     assert {p: p.stat().st_mtime_ns for p in predict_paths(out).values()} == before
 
     capsys.readouterr()
-    assert main(predict_args(tiny_models, [EXAMPLE], out, "--threshold", "0.7")) == 1
+    assert main(predict_args(tiny_models, [EXAMPLE], out, "--unit-frames", "7")) == 1
     err = capsys.readouterr().err
-    assert "holds a different run" in err and "--force" in err and str(out) in err
-    assert len(err.strip().splitlines()) == 1
+    assert "holds a different run (unit_frames 2048 there, 7 now)" in err
+    assert "--force" in err and str(out) in err and len(err.strip().splitlines()) == 1
 
-    assert main(predict_args(tiny_models, [EXAMPLE], out, "--threshold", "0.7", "--force")) == 0
-    assert json.loads((out / "run.json").read_text())["params"]["threshold"] == 0.7
+    assert main(predict_args(tiny_models, [EXAMPLE], out, "--unit-frames", "7", "--force")) == 0
+    assert json.loads((out / "run.json").read_text())["params"]["unit_frames"] == 7
+
+
+def test_a_new_threshold_rewrites_the_verdicts_from_the_saved_scores(tiny_models, tmp_path,
+                                                                     monkeypatch):
+    inp = orf_rich_fasta(tmp_path / "in.fa", 30)
+    fresh, out = tmp_path / "fresh", tmp_path / "out"
+    assert main(predict_args(tiny_models, [inp], fresh, "--threshold", "0.45",
+                             "--min-region-length", "0")) == 0
+    assert main(predict_args(tiny_models, [inp], out)) == 0
+    assert predict_results(out)["sequences"] != predict_results(fresh)["sequences"]
+
+    def no_workers(*_a):
+        raise AssertionError("a worker was started to re-threshold")
+
+    monkeypatch.setattr("virnucpro.runtime.engine.Pool", no_workers)
+    assert main(predict_args(tiny_models, [inp], out, "--threshold", "0.45",
+                             "--min-region-length", "0")) == 0
+    assert predict_results(out) == predict_results(fresh)
+    run = json.loads((out / "run.json").read_text())
+    assert run["params"]["threshold"] == 0.45 and run["rethresholded"]["from"] == 0.5
+    assert run["fingerprint"] == json.loads((fresh / "run.json").read_text())["fingerprint"]
+    assert not (out / ".virnucpro").exists()
 
 
 def test_foreign_outputs_are_not_overwritten(tiny_models, tmp_path, capsys):

@@ -207,3 +207,41 @@ def _merge_into(runs: list[Path], fh: TextIO) -> None:
         fh.writelines(heapq.merge(*files))
     for p in runs:
         p.unlink()
+
+
+class DirLock:
+    """An advisory lock on a directory (`fcntl.flock` on a file in it), held while one run
+    writes there: a second run into the same directory refuses at once instead of sharing
+    its temporary files. The lock file is removed on release."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.path = Path(directory) / name
+        self._fh: Any = None
+
+    def __enter__(self) -> DirLock:
+        import fcntl
+
+        try:
+            fh = open(self.path, "a+")
+        except OSError as exc:
+            raise os_error(self.path.parent, exc, "cannot write there") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise OutputError(f"{self.path.parent}: another virnucpro run is writing there "
+                              f"(pid {holder}); wait for it to finish or choose another "
+                              "output directory") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self._fh.close()

@@ -9,19 +9,17 @@ graph, one line per sample). A custom-content JSON file holds one plot, hence tw
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from virnucpro.errors import InputError
-from virnucpro.outputs import atomic_write, predict_paths
+from virnucpro.files import write_json
+from virnucpro.outputs import HISTOGRAM_BINS, MQC_FILES, predict_paths
 
 __all__ = ["CALLS", "HISTOGRAM_BINS", "MQC_FILES", "mqc_content", "mqc_from_output",
            "score_histogram", "write_mqc"]
 
-MQC_FILES = {"calls": "virnucpro_calls_mqc.json", "scores": "virnucpro_scores_mqc.json"}
 CALLS = ("virus", "not_virus", "no_call")  # sequences.tsv `prediction` values
-HISTOGRAM_BINS = 20  # bins of width 0.05 over [0, 1]
 _PARENT = {"parent_id": "virnucpro", "parent_name": "VirNucPro",
            "parent_description": "Viral sequences found by virnucpro predict: per-sequence "
                                  "calls and scores (sequences.tsv)."}
@@ -75,8 +73,7 @@ def write_mqc(out_dir: Path | str, sample: str, counts: Mapping[str, int],
     paths = []
     for name, doc in mqc_content(sample, counts, histogram).items():
         path = Path(out_dir) / name
-        with atomic_write(path) as fh:
-            fh.write(json.dumps(doc, indent=1) + "\n")
+        write_json(path, doc)
         paths.append(path)
     return paths
 

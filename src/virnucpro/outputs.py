@@ -19,7 +19,8 @@ import numpy as np
 from virnucpro.errors import OutputError
 from virnucpro.files import ExternalSort, os_error, write_json
 from virnucpro.frames import Frame, RecordFrames
-from virnucpro.verdicts import NO_CALL, NOT_VIRUS, VIRUS, record_verdicts
+from virnucpro.regions import REGION_COLUMNS, RegionParams, find_regions, region_fasta, region_rows
+from virnucpro.verdicts import NO_CALL, NOT_VIRUS, VIRUS, RecordVerdicts, record_verdicts
 
 __all__ = [
     "FASTA_WIDTH",
@@ -112,8 +113,13 @@ PREDICT_FILES = {
     "sequences": "sequences.tsv",
     "chunks": "chunks.tsv",
     "viral": "viral.fna",
+    "regions": "regions.tsv",
+    "regions_fna": "regions.fna",
     "run": "run.json",
 }
+# MultiQC custom content (see mqc.py): written beside the outputs, one plot per file.
+MQC_FILES = {"calls": "virnucpro_calls_mqc.json", "scores": "virnucpro_scores_mqc.json"}
+LOCK_FILE = ".virnucpro.lock"  # held by the run writing the directory (see files.DirLock)
 EMBEDDINGS_DIR = "embeddings"
 STATE_DIR = ".virnucpro"  # an unfinished run's state and saved units; removed when it ends
 PREDICTION_COLUMNS = ("Sequence_ID", "Prediction", "score1", "score2")
@@ -147,20 +153,23 @@ class PredictWriter:
     that `finish` moves into place (run.json last, so it marks a complete run)."""
 
     def __init__(self, out_dir: Path, tmp_dir: Path, threshold: float,
-                 save_embeddings: bool = False) -> None:
+                 save_embeddings: bool = False, regions: RegionParams | None = None) -> None:
         self.paths = predict_paths(out_dir)
         self.tmp_dir = Path(tmp_dir)
         self.threshold = threshold
         self.save_embeddings = save_embeddings
+        self.regions = regions or RegionParams()
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             self._fh = {role: (self.tmp_dir / self.paths[role].name).open("w", newline="\n")
-                        for role in ("predictions", "sequences", "chunks", "viral")}
+                        for role in _STREAMED}
         except OSError as exc:
             raise os_error(self.tmp_dir, exc) from None
         self._fh["predictions"].write(tsv_row(PREDICTION_COLUMNS))
         self._fh["sequences"].write(tsv_row(SEQUENCE_COLUMNS))
         self._fh["chunks"].write(tsv_row(CHUNK_COLUMNS))
+        self._fh["regions"].write(tsv_row(REGION_COLUMNS))
+        self.histogram = [0] * HISTOGRAM_BINS  # sequence scores, for MultiQC
         # Chunk rows of the original's file, sorted by id at the end.
         self._highest = ExternalSort(self.tmp_dir, "highest", _SORT_RUN_ROWS, _MERGE_FAN_IN)
         self._n_units = 0
@@ -215,6 +224,9 @@ class PredictWriter:
             _fmt_opt(v.score), v.call, v.reason)))
         if v.call == VIRUS:
             self._fh["viral"].write(fasta_wrapped(rec.header, rec.seq))
+        if v.score is not None:
+            self.histogram[min(int(v.score * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
+        self._add_regions(rf, rv)
         c = self._counts
         c["sequences"] += 1
         c["bases"] += len(rec.seq)
@@ -222,6 +234,14 @@ class PredictWriter:
         c["chunks_scored"] += rv.n_chunks_scored
         c["frames"] += rv.n_frames
         c["predictions"][v.call] += 1
+
+    def _add_regions(self, rf: RecordFrames, rv: RecordVerdicts) -> None:
+        rec = rf.record
+        found = find_regions(rec.id, len(rec.seq), [c.start for c in rf.chunks],
+                             [c.end for c in rf.chunks], [c.verdict.score for c in rv.chunks],
+                             self.threshold, self.regions)
+        self._fh["regions"].writelines(region_rows(found))
+        self._fh["regions_fna"].writelines(region_fasta(rec.seq, r) for r in found)
 
     def counts(self) -> dict[str, object]:
         return json.loads(json.dumps(self._counts))
@@ -237,7 +257,7 @@ class PredictWriter:
                 # sorts before any character of a longer id.
                 fh.write(tsv_row(HIGHEST_COLUMNS))
                 self._highest.write_sorted(fh)
-            for role in ("predictions", "sequences", "chunks", "viral"):
+            for role in _STREAMED:
                 os.replace(self.tmp_dir / self.paths[role].name, self.paths[role])
             os.replace(highest, self.paths["highest"])
             if self.save_embeddings:
@@ -253,6 +273,10 @@ class PredictWriter:
         for fh in self._fh.values():
             with contextlib.suppress(OSError):
                 fh.close()
+
+
+_STREAMED = ("predictions", "sequences", "chunks", "viral", "regions", "regions_fna")
+HISTOGRAM_BINS = 20  # sequence-score bins of width 0.05 over [0, 1] (MultiQC's histogram)
 
 
 def _fmt_opt(score: float | None) -> str:

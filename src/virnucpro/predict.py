@@ -11,6 +11,7 @@ workers settled, so a killed run started again continues exactly as it began.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import sys
 import time
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro import __version__, files, outputs
-from virnucpro.errors import InputError, OutputError
+from virnucpro.errors import InputError, OutputError, VirnucproError
 from virnucpro.frames import RecordFrames
-from virnucpro.reader import ReadStats
+from virnucpro.reader import ReadStats, validate_inputs
+from virnucpro.regions import RegionParams
 from virnucpro.runtime.engine import Job, Plan, RunStats, plan_from_record, run_units
 from virnucpro.runtime.plan import (
     RuntimeConfig,
@@ -40,6 +42,7 @@ from virnucpro.runtime.worker import UnitResult
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
+VERDICT_KEYS = ("threshold", "min_region_length", "region_switch_prob")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class PredictConfig:
     chunk_size: int | None = None  # None: the model type
     classifier: str | None = None  # None: the published classifier of the model type
     threshold: float = 0.5
+    regions: RegionParams = field(default_factory=RegionParams)
     resume: bool = False
     force: bool = False
     save_embeddings: bool = False
@@ -98,11 +102,16 @@ def plan_run(cfg: PredictConfig) -> RunPlan:
     # Worker count and devices do not change what a run is; how the workers settled
     # "auto" on this hardware is recorded beside the fingerprint (see runtime/plan.py).
     params = {"chunk_size": chunk_size, "threshold": cfg.threshold,
+              "min_region_length": cfg.regions.min_region_length,
+              "region_switch_prob": cfg.regions.switch_prob,
               "save_embeddings": cfg.save_embeddings, **requested(cfg.runtime)}
     model_records = {k: model_record(m) for k, m in models.items()}
     inputs = [input_record(p) for p in cfg.inputs]
+    # The threshold and region settings only turn saved scores into calls: a finished run
+    # rerun with other ones is re-thresholded, not recomputed (rethreshold.py).
+    scored = {k: v for k, v in params.items() if k not in VERDICT_KEYS}
     run_fingerprint = files.fingerprint(identity(
-        params, [(i["size"], i["sha256"]) for i in inputs], model_records))
+        scored, [(i["size"], i["sha256"]) for i in inputs], model_records))
     # A shard is a run of its own in its directory, and a part of the run it merges into.
     fingerprint = run_fingerprint if cfg.shard is None else files.fingerprint(
         f"{run_fingerprint} shard {cfg.shard[0]}/{cfg.shard[1]}")
@@ -114,6 +123,8 @@ def plan_run(cfg: PredictConfig) -> RunPlan:
 def _check_config(cfg: PredictConfig) -> None:
     """Settings that cannot work together. Stdin can be read once: not again by merge."""
     check_runtime(cfg.runtime)
+    if not (math.isfinite(cfg.threshold) and 0 <= cfg.threshold <= 1):
+        raise VirnucproError(f"--threshold must be a number from 0 to 1, got {cfg.threshold}")
     if "-" in cfg.inputs and cfg.shard is not None:
         raise InputError("--shard cannot read stdin ('-'): merge must read the inputs again")
 
@@ -151,9 +162,16 @@ class Resume:
     plan: Plan | None
 
 
-def prepare_output(cfg: PredictConfig, plan: RunPlan) -> Resume | None:
-    """Check the output directory; returns what to reuse (resume), or None when the
-    directory already holds this very run, finished."""
+@dataclass(frozen=True)
+class Finished:
+    """The directory holds this very run, finished: its run.json."""
+
+    record: dict[str, Any]
+
+
+def prepare_output(cfg: PredictConfig, plan: RunPlan) -> Resume | Finished:
+    """Check the output directory; returns what to reuse (resume), or the finished run it
+    already holds."""
     from virnucpro import shards
 
     out, state = cfg.output_dir, cfg.output_dir / outputs.STATE_DIR
@@ -176,9 +194,12 @@ def prepare_output(cfg: PredictConfig, plan: RunPlan) -> Resume | None:
         log.info("resuming the unfinished run in %s: %d work units already done", out, len(done))
         return Resume(frozenset(done), plan_from_record(started.get("plan")))
     if finished is not None:
-        if finished.get("fingerprint") == plan.fingerprint and "-" not in cfg.inputs:
-            return None
-        raise _different(out, finished, plan)
+        if finished.get("fingerprint") != plan.fingerprint:
+            raise _different(out, finished, plan)
+        if "-" in cfg.inputs:
+            raise OutputError(f"{out}: holds a finished run that read stdin, which cannot be "
+                              "compared with this input; use --force to replace it")
+        return Finished(finished)
     present = [p.name for p in [*outputs.predict_paths(out).values(),
                                 *shards.shard_paths(out).values()] if p.exists()]
     if present:
@@ -246,24 +267,59 @@ def _run_engine(cfg: PredictConfig, plan: RunPlan, resume: Resume, read: ReadSta
 
 
 def run_predict(cfg: PredictConfig) -> dict[str, Any]:
-    """Run predict end to end and return what run.json records."""
-    from virnucpro import shards
+    """Run predict end to end and return what run.json records. The output directory is
+    locked while the run writes there; a run that fails before it saved anything leaves no
+    directory behind that it created."""
+    _check_config(cfg)
+    created = not cfg.output_dir.exists()
+    outputs.make_output_dir(cfg.output_dir)
+    try:
+        with files.DirLock(cfg.output_dir, outputs.LOCK_FILE):
+            return _run_locked(cfg)
+    except BaseException:
+        if created and not any(p.name != outputs.STATE_DIR for p in cfg.output_dir.iterdir()) \
+                and not finished_units(units_home(cfg)):
+            shutil.rmtree(cfg.output_dir, ignore_errors=True)
+        raise
+
+
+def _check_inputs(cfg: PredictConfig) -> None:
+    """The streaming pre-pass: a bad record anywhere in a regular file is found before any
+    model is loaded or any state is written (stdin is checked as it is read)."""
+    t0 = time.perf_counter()
+    summary = validate_inputs(cfg.inputs)
+    if summary.files:
+        log.info("inputs checked: %d records, %d bases in %d file%s (%.1f s)", summary.records,
+                 summary.bases, summary.files, "" if summary.files == 1 else "s",
+                 time.perf_counter() - t0)
+
+
+def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
+    from virnucpro import mqc, shards
 
     t0 = time.perf_counter()
-    outputs.make_output_dir(cfg.output_dir)
+    _check_inputs(cfg)
     plan = plan_run(cfg)
-    resume = prepare_output(cfg, plan)
-    if resume is None:
-        log.info("%s already holds this finished run; nothing to do (--force recomputes)",
-                 cfg.output_dir)
-        return _read_state(outputs.predict_paths(cfg.output_dir)["run"]) or {}
+    found = prepare_output(cfg, plan)
     state = cfg.output_dir / outputs.STATE_DIR
+    if isinstance(found, Finished):
+        old = found.record.get("params", {})
+        if all(old.get(k) == plan.params[k] for k in VERDICT_KEYS):
+            log.info("%s already holds this finished run; nothing to do (--force recomputes)",
+                     cfg.output_dir)
+            return found.record
+        from virnucpro.rethreshold import rethreshold
+
+        record = rethreshold(cfg.inputs, cfg.output_dir, found.record, cfg.threshold,
+                             cfg.regions, cfg.shard)
+        shutil.rmtree(state, ignore_errors=True)
+        return record
     # A shard's own files cover its records; its features stay in its units, for merge.
     writer = outputs.PredictWriter(cfg.output_dir, state / "tmp", cfg.threshold,
-                                   cfg.save_embeddings and cfg.shard is None)
+                                   cfg.save_embeddings and cfg.shard is None, cfg.regions)
     consumed: list[int] = []
     read = ReadStats()
-    settled: list[Plan] = [resume.plan] if resume.plan is not None else []
+    settled: list[Plan] = [found.plan] if found.plan is not None else []
     startup: list[float] = []
 
     def consume(records: list[RecordFrames], r: UnitResult) -> None:
@@ -276,14 +332,17 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
         _write_state(state, plan, p)
 
     try:
-        stats = _run_engine(cfg, plan, resume, read, consume, on_settled)
+        stats = _run_engine(cfg, plan, found, read, consume, on_settled)
     except BaseException:
         writer.abort()
         raise
-    record = _run_record(cfg, plan, stats, writer.counts(), time.perf_counter() - t0,
+    counts = {**writer.counts(), "rna_records": read.rna_records}
+    record = _run_record(cfg, plan, stats, counts, time.perf_counter() - t0,
                          startup[0] if startup else None, settled[0] if settled else None)
     if cfg.shard is not None:
         shards.write_shard_record(cfg.output_dir, plan.run_fingerprint, cfg.shard, consumed)
+    mqc.write_mqc(cfg.output_dir, cfg.output_dir.resolve().name, counts["predictions"],
+                  writer.histogram)
     writer.finish(record)
     shutil.rmtree(state, ignore_errors=True)
     _log_summary(record, cfg.output_dir)

@@ -343,7 +343,8 @@ def _record(header: str, seq: str, fasta: bool, source: str, path: str,
     """Check record `number` of `path` as parsed by dnaio; RNA is read as DNA.
 
     Returns the record and whether it had a U or u."""
-    header = header.strip()
+    # Kept as in the input (viral.fna repeats it), leading blanks too; only a CR is dropped.
+    header = header.rstrip("\r\n")
     words = header.split(maxsplit=1)
     if not words:
         raise InputError(f"{path}: record {number}: record with an empty header")

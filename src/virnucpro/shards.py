@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from virnucpro import files, outputs
+from virnucpro import files, mqc, outputs
 from virnucpro.errors import InputError, OutputError
+from virnucpro.reader import ReadStats
+from virnucpro.regions import RegionParams
 from virnucpro.runtime.batching import WorkUnit
 from virnucpro.runtime.plan import input_record
 from virnucpro.runtime.units import (
@@ -248,22 +250,35 @@ def merge_shards(shard_dirs: Sequence[Path], out_dir: Path, *, force: bool = Fal
     inputs = locate_inputs(shards)
     state = Path(out_dir) / outputs.STATE_DIR
     _prepare_merge_output(out_dir, state, shards, force)
+    with files.DirLock(Path(out_dir), outputs.LOCK_FILE):
+        record = _write_merged(shards, inputs, Path(out_dir), state, command_line, t0)
+    log.info("merged %d shards: %d sequences; outputs in %s", len(shards),
+             record["counts"]["sequences"], out_dir)
+    return record
+
+
+def _write_merged(shards: Sequence[Shard], inputs: tuple[str, ...], out_dir: Path, state: Path,
+                  command_line: Sequence[str], t0: float) -> dict[str, Any]:
     params = shards[0].run["params"]
     features = bool(params["save_embeddings"])
-    writer = outputs.PredictWriter(out_dir, state / "merge", params["threshold"], features)
+    regions = RegionParams(params["min_region_length"], params["region_switch_prob"])
+    writer = outputs.PredictWriter(out_dir, state / "merge", params["threshold"], features,
+                                   regions)
     stream = UnitStream(inputs, params["chunk_size"], params["unit_frames"])
+    read = ReadStats()
     try:
-        for shard, unit, records in _owned_units(shards, stream):
+        for shard, unit, records in _owned_units(shards, stream.units(read)):
             result = _load(shard, unit, features)
             writer.add(records, result.scores, result.embeddings)
     except BaseException:
         writer.abort()
         shutil.rmtree(state, ignore_errors=True)
         raise
-    record = _merged_record(shards, inputs, out_dir, writer.counts(),
+    record = _merged_record(shards, inputs, out_dir,
+                            {**writer.counts(), "rna_records": read.rna_records},
                             time.perf_counter() - t0, command_line)
+    mqc.write_mqc(out_dir, Path(out_dir).resolve().name, record["counts"]["predictions"],
+                  writer.histogram)
     writer.finish(record)
     shutil.rmtree(state, ignore_errors=True)
-    log.info("merged %d shards: %d sequences; outputs in %s", len(shards),
-             record["counts"]["sequences"], out_dir)
     return record

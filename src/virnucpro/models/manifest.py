@@ -53,6 +53,38 @@ def weight_files(model_dir: Path) -> list[str]:
     raise ModelError(f"{model_dir} holds no weights (model.safetensors or pytorch_model.bin)")
 
 
+def check_weight_file(path: Path) -> None:
+    """A weight file that is whole: a safetensors header whose tensors end exactly at the end
+    of the file, or a PyTorch zip whose directory reads. A truncated or damaged file is a
+    `ModelError` naming it (before any worker tries to load it)."""
+    import struct
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if path.suffix == ".safetensors":
+                if len(head) < 8:
+                    raise ValueError("shorter than a safetensors header")
+                (n,) = struct.unpack("<Q", head)
+                if n > min(size - 8, 100 << 20):
+                    raise ValueError(f"its header length {n} does not fit the file")
+                header = json.loads(fh.read(n))
+                end = max((int(m["data_offsets"][1]) for k, m in header.items()
+                           if k != "__metadata__"), default=0)
+                if 8 + n + end != size:
+                    raise ValueError(f"{size} bytes, but its header describes {8 + n + end}")
+            elif head.startswith(b"PK"):
+                fh.seek(0)
+                zipfile.ZipFile(fh).infolist()
+            elif not head.startswith(b"\x80"):  # a legacy (non-zip) torch.save pickle
+                raise ValueError("not a PyTorch weights file")
+    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path}: damaged or truncated weights ({exc}); download it again "
+                         "(`virnucpro models download`) or replace it") from None
+
+
 def check_model_dir(path: Path) -> list[str]:
     """Check that `path` is a loadable model directory; return its weight files."""
     if not path.is_dir():
@@ -63,6 +95,7 @@ def check_model_dir(path: Path) -> list[str]:
     for name in names:
         if not (path / name).is_file():
             raise ModelError(f"{path} lacks weight file {name}")
+        check_weight_file(path / name)
     return names
 
 

@@ -1,0 +1,91 @@
+"""A finished predict run, rerun with only a new `--threshold` (or region settings): its
+verdict files are rewritten from the frame scores it saved, in seconds, without any model.
+
+The scores come from `prediction_results.txt` (float32 in shortest round-trip form, so they
+read back exactly); the records come from the inputs again (checked by sha256 against
+run.json), chunked and translated as the run did; both go through the same writer a run uses,
+so the files equal those of a run made with the new settings from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from virnucpro import mqc, outputs
+from virnucpro.errors import OutputError
+from virnucpro.reader import ReadStats
+from virnucpro.regions import RegionParams
+from virnucpro.runtime.units import UnitStream
+
+log = logging.getLogger(__name__)
+
+
+def saved_scores(path: Path) -> Iterator[tuple[str, float, float]]:
+    """(frame id, score1, score2) per row of a finished run's prediction_results.txt."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            if fh.readline().rstrip("\n").split("\t") != list(outputs.PREDICTION_COLUMNS):
+                raise OutputError(f"{path}: not a prediction_results.txt; use --force")
+            for line in fh:
+                frame_id, _, s1, s2 = line.rstrip("\n").split("\t")
+                yield frame_id, float(s1), float(s2)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"{path}: cannot read the saved scores ({exc}); use --force to "
+                          "recompute") from None
+
+
+def _take(rows: Iterator[tuple[str, float, float]], frame_ids: tuple[str, ...],
+          path: Path) -> np.ndarray:
+    scores = np.empty((len(frame_ids), 2), np.float32)
+    for i, want in enumerate(frame_ids):
+        got = next(rows, None)
+        if got is None or got[0] != want:
+            raise OutputError(f"{path}: its frames do not match the inputs any more; use "
+                              "--force to recompute")
+        scores[i] = got[1:]
+    return scores
+
+
+def rethreshold(inputs: tuple[str, ...], out_dir: Path, finished: dict[str, Any],
+                threshold: float, regions: RegionParams, shard: tuple[int, int] | None,
+                ) -> dict[str, Any]:
+    """Rewrite the verdict files of the finished run in `out_dir` (whose run.json is
+    `finished`) at `threshold` with `regions`; returns the new run.json."""
+    t0 = time.perf_counter()
+    if "-" in inputs:
+        raise OutputError(f"{out_dir}: its finished run read stdin, which cannot be read "
+                          "again to apply a new threshold; use --force to recompute")
+    params = finished["params"]
+    paths = outputs.predict_paths(out_dir)
+    rows = saved_scores(paths["predictions"])
+    writer = outputs.PredictWriter(out_dir, out_dir / outputs.STATE_DIR / "tmp", threshold,
+                                   save_embeddings=False, regions=regions)
+    read = ReadStats()
+    stream = UnitStream(inputs, params["chunk_size"], params["unit_frames"], shard)
+    try:
+        for unit, records in stream.units(read):
+            writer.add(records, _take(rows, unit.frame_ids, paths["predictions"]))
+        if next(rows, None) is not None:
+            raise OutputError(f"{paths['predictions']}: holds more frames than the inputs; "
+                              "use --force to recompute")
+    except BaseException:
+        writer.abort()
+        raise
+    counts = {**writer.counts(), "rna_records": read.rna_records}
+    new = {**params, "threshold": threshold, "min_region_length": regions.min_region_length,
+           "region_switch_prob": regions.switch_prob}
+    record = {**finished, "params": new, "counts": counts,
+              "rethresholded": {"from": params.get("threshold"),
+                                "seconds": round(time.perf_counter() - t0, 3)}}
+    mqc.write_mqc(out_dir, Path(out_dir).resolve().name, counts["predictions"],
+                  writer.histogram)
+    writer.finish(record)
+    log.info("applied threshold %g (was %g) to the saved scores in %s; no model was run",
+             threshold, params.get("threshold"), out_dir)
+    return record
