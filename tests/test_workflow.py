@@ -22,8 +22,13 @@ OPTIONS = {"device": "cpu", "threads": "1", "unit_frames": "3", "threshold": "0.
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    """Every file under `out` but run.json (timings) and the shard directories."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+    """Every file under `out` but run.json (timings) and the shard directories. The MultiQC
+    files name their sample after the output directory: that name is masked."""
+    def data(p: Path) -> bytes:
+        raw = p.read_bytes()
+        return raw.replace(f'"{out.name}"'.encode(), b'"SAMPLE"') \
+            if p.name.endswith("_mqc.json") else raw
+    return {str(p.relative_to(out)): data(p) for p in sorted(out.rglob("*"))
             if p.is_file() and p.name != "run.json" and p.relative_to(out).parts[0] != "shards"}
 
 

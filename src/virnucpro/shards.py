@@ -144,7 +144,7 @@ def check_complete(shards: Sequence[Shard]) -> list[Shard]:
         if s.count != first.count:
             raise InputError(f"{first.dir} is shard {first.name} but {s.dir} is shard "
                              f"{s.name}: they split different runs")
-        if s.run_fingerprint != first.run_fingerprint:
+        if s.run_fingerprint != first.run_fingerprint or s.run["params"] != first.run["params"]:
             raise InputError(f"{first.dir} and {s.dir} are shards of different runs "
                              f"({_difference(first, s)}); merge the shards of one run")
         if s.index in by_index:
