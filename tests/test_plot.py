@@ -1,4 +1,5 @@
-"""`virnucpro plot`: figures exist, are PNGs of the documented size and show the calls."""
+"""`virnucpro plot`: figures exist, are PNGs of the documented size and show the calls and,
+where the output has regions.tsv, the regions."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from conftest import write_predict_output
 
 from virnucpro.cli import main
 from virnucpro.errors import InputError
+from virnucpro.outputs import tsv_row
 from virnucpro.plot import (
     CALL_COLOURS,
     DPI,
     HISTOGRAM_IN,
+    REGION_ALPHA,
+    REGION_COLOURS,
+    draw_track,
     read_tracks,
     run_plot,
     select_tracks,
@@ -36,8 +41,26 @@ def _pixels(path) -> np.ndarray:
 
 
 def _has_colour(pixels: np.ndarray, hex_colour: str) -> bool:
+    return bool(np.any(_colour_mask(pixels, hex_colour)))
+
+
+def _colour_mask(pixels: np.ndarray, hex_colour: str, alpha: float = 1.0) -> np.ndarray:
+    """[height, width] True where a pixel is `hex_colour` at `alpha` over white (within 2)."""
     rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
-    return bool(np.any(np.all(np.abs(pixels.astype(int) - rgb) <= 2, axis=2)))
+    blended = np.round(alpha * rgb + (1 - alpha) * 255)
+    return np.all(np.abs(pixels.astype(int) - blended) <= 2, axis=2)
+
+
+# regions.tsv for the hand-made output: v1's virus chunk [0, 500) and all of x1.
+REGIONS = [("v1", "region_1", 0, 500, 500, 1, "0.75", "partial"),
+           ("x1", "region_1", 0, 300, 300, 1, "0.8", "whole")]
+
+
+def _write_regions(pred, rows=REGIONS):
+    from virnucpro.regions import REGION_COLUMNS
+
+    (pred / "regions.tsv").write_text(tsv_row(REGION_COLUMNS) + "".join(map(tsv_row, rows)))
+    return pred
 
 
 def test_read_and_select_tracks(tmp_path):
@@ -98,6 +121,67 @@ def test_plot_errors(tmp_path, capsys):
                                        "the predict output\n")
     assert main(["plot", str(tmp_path)]) == 1
     assert "sequences.tsv: no such file" in capsys.readouterr().err
+
+
+def test_read_regions(tmp_path):
+    pred = write_predict_output(tmp_path / "pred")
+    assert not (pred / "regions.tsv").exists()  # an output from before regions.tsv
+    assert all(t.regions == [] for t in read_tracks(pred))
+    tracks = {t.seq_id: t for t in read_tracks(_write_regions(pred))}
+    assert tracks["v1"].regions == [(0, 500, "partial")]
+    assert tracks["x1"].regions == [(0, 300, "whole")]
+    assert sum(len(t.regions) for t in tracks.values()) == 2
+    _write_regions(pred, [("ghost", "region_1", 0, 10, 10, 1, "0.9", "whole")])
+    with pytest.raises(InputError, match="region_1 names sequence 'ghost'"):
+        read_tracks(pred)
+
+
+def _draw(track):
+    """A new Axes with `track` drawn on it by draw_track, threshold 0.5."""
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    draw_track(ax, track, 0.5)
+    return ax
+
+
+def _lines(ax) -> list:
+    return [(list(ln.get_xdata()), list(ln.get_ydata()), ln.get_color(), ln.get_linewidth())
+            for ln in ax.lines]
+
+
+def test_region_band_on_track(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    pred = write_predict_output(tmp_path / "pred")
+    before = {t.seq_id: t for t in read_tracks(pred)}
+    after = {t.seq_id: t for t in read_tracks(_write_regions(pred))}
+    ax = _draw(after["v1"])
+    assert [(p.get_label(), p.get_x(), p.get_width(), p.get_facecolor()) for p in ax.patches] == [
+        ("partial region", 0, 500, to_rgba(REGION_COLOURS["partial"], REGION_ALPHA))]
+    assert ax.patches[0].zorder < min(ln.zorder for ln in ax.lines)  # behind the scores
+    # The chunk scores and the threshold are drawn exactly as without regions.
+    assert _lines(ax) == _lines(_draw(before["v1"]))
+    assert len(_lines(ax)) == 3
+    # x1's region is whole: a band over the whole sequence, in the whole colour.
+    assert [(p.get_x(), p.get_width(), p.get_facecolor()) for p in _draw(after["x1"]).patches] == [
+        (0, 300, to_rgba(REGION_COLOURS["whole"], REGION_ALPHA))]
+
+
+def test_plot_shows_region_band_only_with_regions_tsv(tmp_path):
+    pred = write_predict_output(tmp_path / "pred")
+    old = _pixels(run_plot(pred, tmp_path / "old", seq_ids=("v1",))["tracks"])
+    new = _pixels(run_plot(_write_regions(pred), tmp_path / "new", seq_ids=("v1",))["tracks"])
+    assert old.shape == new.shape == (225, 1000, 3)
+    assert not _colour_mask(old, REGION_COLOURS["partial"], REGION_ALPHA).any()
+    band = _colour_mask(new, REGION_COLOURS["partial"], REGION_ALPHA)
+    band[:40] = False  # the legend's swatch is above the panel
+    cols = np.flatnonzero(band.any(axis=0))
+    virus = np.flatnonzero(_colour_mask(new, CALL_COLOURS["virus"]).any(axis=0))
+    not_virus = np.flatnonzero(_colour_mask(new, CALL_COLOURS["not_virus"])[40:].any(axis=0))
+    # The band runs under the virus chunk [0, 500) and stops where the not_virus chunk begins.
+    assert abs(cols.min() - virus.min()) <= 2 and abs(cols.max() + 1 - not_virus.min()) <= 2
+    assert len(cols) == cols.max() - cols.min() + 1  # one band, unbroken by the score bar
 
 
 def test_help_imports_neither_torch_nor_matplotlib():

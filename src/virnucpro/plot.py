@@ -3,7 +3,9 @@
 `score_tracks.png`: for the top sequences (highest virus_score first, or those asked for),
 each chunk's score drawn as a bar from its start to its end, coloured by its call, with the
 threshold as a dotted line (the original's `drew_fig.py` drew the max frame score per chunk;
-ours draws the chunk score that the sequence call is made from).
+ours draws the chunk score that the sequence call is made from). Where the output has
+`regions.tsv` (older outputs may not), each viral region of a sequence is a translucent band
+behind its chunk scores, coloured by its kind (partial or whole).
 `score_histogram.png`: the distribution of sequence scores, stacked by call.
 `plots.html` (with `--html`): one self-contained page embedding both, plus a table.
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 from virnucpro import files, outputs
 from virnucpro.errors import InputError
+from virnucpro.regions import PARTIAL, REGION_COLUMNS, WHOLE
 from virnucpro.verdicts import NO_CALL, NOT_VIRUS, VIRUS
 
 CALL_COLOURS = {VIRUS: "#d62728", NOT_VIRUS: "#1f77b4", NO_CALL: "#d9d9d9"}
@@ -27,6 +30,8 @@ TRACK_PANEL_IN = 1.75  # and 175 px per sequence, plus TRACK_MARGIN_IN
 TRACK_MARGIN_IN = 0.5
 HISTOGRAM_IN = (6.0, 4.0)  # score_histogram.png: 600 x 400 px
 HISTOGRAM_BINS = 20
+REGION_COLOURS = {PARTIAL: "#ff7f0e", WHOLE: "#9467bd"}  # bands behind the chunk scores
+REGION_ALPHA = 0.2  # light enough that the score bars and no_call bands show through
 
 
 @dataclass
@@ -39,6 +44,7 @@ class SequenceTrack:
     call: str
     chunks: list[tuple[int, int, float | None, str]] = field(default_factory=list)
     # (start, end, score or None, call)
+    regions: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, kind)
 
 
 def _opt_float(text: str) -> float | None:
@@ -60,7 +66,18 @@ def read_tracks(pred_dir: Path) -> list[SequenceTrack]:
             raise InputError(f"{paths['chunks']}: chunk {chunk_id} names sequence {seq_id!r}, "
                              f"which is not in {paths['sequences'].name}")
         track.chunks.append((int(start), int(end), _opt_float(score), call))
+    if paths["regions"].exists():  # outputs from before regions.tsv are drawn without bands
+        _add_regions(tracks, paths["regions"])
     return list(tracks.values())
+
+
+def _add_regions(tracks: dict[str, SequenceTrack], path: Path) -> None:
+    for seq_id, region_id, start, end, _, _, _, kind in outputs.read_table(path, REGION_COLUMNS):
+        track = tracks.get(seq_id)
+        if track is None:
+            raise InputError(f"{path}: {region_id} names sequence {seq_id!r}, which is not in "
+                             f"{outputs.PREDICT_FILES['sequences']}")
+        track.regions.append((int(start), int(end), kind))
 
 
 def select_tracks(tracks: list[SequenceTrack], top: int,
@@ -82,7 +99,17 @@ def track_size_px(n: int) -> tuple[int, int]:
     return round(TRACK_WIDTH_IN * DPI), round((TRACK_MARGIN_IN + TRACK_PANEL_IN * n) * DPI)
 
 
-def _draw_track(ax: Any, track: SequenceTrack, threshold: float) -> None:
+def draw_regions(ax: Any, regions: list[tuple[int, int, str]]) -> None:
+    """A translucent band per (start, end, kind) region, behind everything else on `ax`."""
+    for start, end, kind in regions:
+        # zorder 0 and drawn first: under the no_call bands (also 0) and the score bars
+        ax.axvspan(start, end, color=REGION_COLOURS.get(kind, "0.5"), alpha=REGION_ALPHA, lw=0,
+                   zorder=0, label=f"{kind} region")
+
+
+def draw_track(ax: Any, track: SequenceTrack, threshold: float) -> None:
+    """One sequence's panel: its regions, chunk scores, threshold and title."""
+    draw_regions(ax, track.regions)
     for start, end, score, call in track.chunks:
         if score is None:  # a chunk without a kept frame: a grey band behind the scores
             ax.axvspan(start, end, color=CALL_COLOURS[NO_CALL], lw=0, zorder=0)
@@ -103,6 +130,7 @@ def plot_tracks(tracks: list[SequenceTrack], threshold: float, path: Path) -> No
     """score_tracks.png: one panel per sequence, chunk scores along it."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     if not tracks:
         raise InputError("no sequence to plot")
@@ -110,10 +138,13 @@ def plot_tracks(tracks: list[SequenceTrack], threshold: float, path: Path) -> No
     fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI, layout="constrained")
     axes = fig.subplots(len(tracks), 1, squeeze=False)[:, 0]
     for ax, track in zip(axes, tracks, strict=True):
-        _draw_track(ax, track, threshold)
+        draw_track(ax, track, threshold)
     axes[-1].set_xlabel("position (bp)")
     handles = [Line2D([], [], color=c, lw=4, label=k) for k, c in CALL_COLOURS.items()]
     handles.append(Line2D([], [], color="0.4", ls=":", label=f"threshold {threshold:g}"))
+    kinds = {kind for track in tracks for _, _, kind in track.regions}
+    handles += [Patch(color=c, alpha=REGION_ALPHA, lw=0, label=f"{k} region")
+                for k, c in REGION_COLOURS.items() if k in kinds]
     fig.legend(handles=handles, loc="outside upper right", ncols=len(handles), fontsize=9,
                frameon=False)
     with files.atomic_path(path) as tmp:
