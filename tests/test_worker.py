@@ -1,8 +1,12 @@
-"""The worker: scoring a unit, and the out-of-memory backoff (error injected on CPU)."""
+"""The worker: scoring a unit, and the out-of-memory backoff (error injected on CPU, and a
+double that really holds memory per row; tests/gpu runs that double under a CUDA cap)."""
 
 from __future__ import annotations
 
 import logging
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,12 +21,17 @@ from virnucpro.runtime.batching import iter_units
 from virnucpro.runtime.worker import Settings, WorkerSpec, load_models, score_unit
 
 
-@pytest.fixture(scope="module")
-def unit(tmp_path_factory):
-    path = orf_rich_fasta(tmp_path_factory.mktemp("in") / "in.fa", 12)
+def one_unit(path: Path):
+    """Every frame of 12 generated records in one work unit."""
+    orf_rich_fasta(path, 12)
     (u, _), = iter_units(iter_record_frames(read_records([str(path)]), 500), 10_000)
     assert u.n_frames >= 12
     return u
+
+
+@pytest.fixture(scope="module")
+def unit(tmp_path_factory):
+    return one_unit(tmp_path_factory.mktemp("in") / "in.fa")
 
 
 def _models(tiny_models, **kw):
@@ -60,6 +69,71 @@ def test_oom_halves_the_batch_and_loses_nothing(tiny_models, unit, monkeypatch, 
     np.testing.assert_allclose(got.scores, expect.scores, atol=1e-5)
     oom_logs = [r for r in caplog.records if "out of memory" in r.getMessage()]
     assert len(oom_logs) == 1, "the backoff is logged once per worker"
+
+
+@dataclass
+class MemoryMeter:
+    """Bytes held by the live blocks of `allocating` doubles. A block's bytes are subtracted
+    when the block is freed (weakref.finalize), so `live` is what is really still held."""
+
+    cap: int | None  # None: the device's allocator is the limit (tests/gpu caps CUDA itself)
+    live: int = 0
+    peak: int = 0
+
+    def take(self, nbytes: int, device: str) -> torch.Tensor:
+        if self.cap is not None and self.live + nbytes > self.cap:
+            raise torch.OutOfMemoryError(f"double: {self.live} + {nbytes} bytes > {self.cap}")
+        block = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(block, self._free, nbytes)
+        return block
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+
+def allocating(fn, meter: MemoryMeter, row_bytes: int, device: str, calls: list[int]):
+    """`fn` (an embed function) that first holds `row_bytes` per row, as activations would.
+    The blocks sit in a local list, so after an out-of-memory error they stay alive for as
+    long as its traceback does (model activations are held by frame locals the same way)."""
+    def wrapped(model, token_ids):
+        calls.append(len(token_ids))
+        held = []
+        for _ in token_ids:
+            held.append(meter.take(row_bytes, device))
+        return fn(model, token_ids)
+    return wrapped
+
+
+ROW_BYTES = 1 << 20
+
+
+def test_oom_backoff_frees_the_failed_attempt_before_retrying(tiny_models, unit, monkeypatch,
+                                                              caplog):
+    """Room for 3.5 rows: a batch that does not fit completes in halves, with the scores of
+    an unconstrained run. Retrying inside the `except` block would keep the failed attempt's
+    rows alive through the traceback, so no half would fit and the unit would fail."""
+    models = _models(tiny_models)
+    with torch.inference_mode():
+        expect = score_unit(models, unit)
+    meter = MemoryMeter(cap=ROW_BYTES * 7 // 2)
+    dna_calls: list[int] = []
+    esm_calls: list[int] = []
+    monkeypatch.setattr(virnucpro.models.dnabert, "embed_dnabert", allocating(
+        virnucpro.models.dnabert.embed_dnabert, meter, ROW_BYTES, "cpu", dna_calls))
+    monkeypatch.setattr(virnucpro.models.esm, "embed_esm", allocating(
+        virnucpro.models.esm.embed_esm, meter, ROW_BYTES, "cpu", esm_calls))
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        got = score_unit(models, unit)
+    for calls in (dna_calls, esm_calls):
+        assert calls[0] > 3 and calls[1] == calls[0] // 2, calls  # too big, then its half
+    np.testing.assert_allclose(got.scores, expect.scores, rtol=0, atol=1e-6)
+    assert got.scores.shape == (unit.n_frames, 2)
+    oom_logs = [r for r in caplog.records if "out of memory" in r.getMessage()]
+    assert len(oom_logs) == 1, "the split is logged once per worker"
+    assert meter.peak <= meter.cap
+    assert meter.live == 0
 
 
 def test_oom_on_a_single_row_is_raised(tiny_models, unit, monkeypatch):

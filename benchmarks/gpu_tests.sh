@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The GPU tests (tests/gpu, marker `gpu`) on one CUDA GPU with tiny random models: < 4 minutes,
+# nothing downloaded. Prints each test's outcome and the default-precision figures of test (f).
+#
+#   benchmarks/gpu_tests.sh [--log FILE]          # on a CUDA machine, from any directory
+#   benchmarks/gpu_tests.sh --no-install          # use the interpreter's packages as they are
+#                                                 # (on a CPU: the tests are collected, skipped)
+#   benchmarks/gpu_tests.sh --fetch-wheels        # on a machine with PyPI, beforehand
+#
+# A GPU machine that has PyTorch, transformers and pytest but not virnucpro's small readers
+# gets them as CPython 3.12 x86-64 wheels in .whl/ at the repository root: --fetch-wheels
+# downloads them there (keep .whl/ out of git, e.g. in .git/info/exclude, and carry it), and
+# a plain run installs whatever .whl/ holds into /tmp/site first. src/ is put on PYTHONPATH,
+# so virnucpro need not be installed. The interpreter is $PYTHON if set, else python3.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+py="${PYTHON:-$(command -v python3 || command -v python)}"
+# What the GPU machine's image lacks (dnaio and its needs), pinned as tested.
+wheels=(dnaio==1.2.4 xopen==2.1.0 isal==1.9.1 zlib-ng==1.1.0 backports.zstd==1.8.0)
+limit=230  # seconds: the hard stop for pytest, inside the 4 minutes
+
+install=1
+log=""
+while (($#)); do
+    case "$1" in
+        --no-install) install=0 ;;
+        --log) log="$2"; shift ;;
+        --fetch-wheels)
+            exec "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+                --implementation cp --platform manylinux_2_28_x86_64 \
+                --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+                -d "$root/.whl" "${wheels[@]}" ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "gpu_tests.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if ((install)) && compgen -G ".whl/*.whl" >/dev/null; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+if ! "$py" -c "import dnaio, xopen, torch, transformers, pytest" 2>/dev/null; then
+    echo "gpu_tests.sh: $py cannot import dnaio, xopen, torch, transformers and pytest;" \
+        "run benchmarks/gpu_tests.sh --fetch-wheels where PyPI is reachable and bring .whl/" >&2
+    exit 2
+fi
+"$py" -c "import torch; print('torch', torch.__version__, '| CUDA', torch.version.cuda,
+'| GPU:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none (tests skip)')"
+
+log="${log:-$(mktemp)}"
+t0=$SECONDS
+set +e
+timeout -k 10 "$limit" "$py" -m pytest -m gpu tests/gpu -q -rA -p no:cacheprovider \
+    --durations=0 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+
+echo
+echo "== summary ($((SECONDS - t0)) s, pytest exit $rc) =="
+if ((rc == 124 || rc == 137)); then
+    echo "STOPPED at the ${limit} s limit: the tests below are those that finished"
+fi
+grep -E '^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) ' "$log" || true
+tail -n 1 "$log"
+grep -E '^\(f\) ' "$log" || echo "(f) not measured: the test did not run on a GPU"
+exit "$rc"
