@@ -15,20 +15,13 @@ from conftest import composition_fasta
 
 from virnucpro.cli import main
 from virnucpro.errors import InputError
+from virnucpro.fit import Recipe, fit, split_indices
 from virnucpro.frames import iter_record_frames
 from virnucpro.models.classifier import classify, load_classifier
 from virnucpro.outputs import HISTORY_COLUMNS
 from virnucpro.reader import read_records
-from virnucpro.train import (
-    CdsIndex,
-    Recipe,
-    TrainConfig,
-    fit,
-    kept_records,
-    labelled_records,
-    select_frames,
-    split_indices,
-)
+from virnucpro.selection import CdsIndex, kept_records, select_frames
+from virnucpro.train import TrainConfig, labelled_records
 
 CHUNK = 300
 # Fast settings for tiny features: the original's lr (2e-4) needs far more steps than a test.
