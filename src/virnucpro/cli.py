@@ -122,8 +122,8 @@ def evaluate(pred_dir: Path, truth: Path | None, viral: tuple[str, ...],
               help="Also write plots.html, one page embedding the figures.")
 def plot(pred_dir: Path, output_dir: Path | None, top: int, seq_ids: tuple[str, ...],
          html_page: bool) -> None:
-    """Draw a predict output in PRED_DIR: chunk scores along the top sequences
-    (score_tracks.png) and the histogram of sequence scores (score_histogram.png)."""
+    """Draw a predict output in PRED_DIR: chunk scores and viral regions along the top
+    sequences (score_tracks.png) and the histogram of sequence scores (score_histogram.png)."""
     from virnucpro.plot import run_plot
 
     written = run_plot(pred_dir, output_dir, top=top, seq_ids=seq_ids, html_page=html_page)
