@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro.errors import ModelError
-from virnucpro.files import sha256_file
+from virnucpro.files import read_json, sha256_file
 from virnucpro.progress import byte_bar
 
 MANIFEST_NAME = "manifest.json"
@@ -32,10 +32,8 @@ def hash_file(path: Path, progress: bool = False) -> str:
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from exc
+    """A JSON object from a model's files (a config, the manifest); ModelError otherwise."""
+    data = read_json(path, error=ModelError)
     if not isinstance(data, dict):
         raise ModelError(f"{path} is not a JSON object")
     return data
