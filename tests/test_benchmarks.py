@@ -2,13 +2,15 @@
 
 `bench_predict.py --quick` and `gpu_check.sh --cpu-tiny` run the same code as the real
 measurements (random models written in the real formats, `run_predict`, `virnucpro predict`)
-with tiny models on the CPU.
+with tiny models on the CPU; `bench_scaling.py --quick` runs the real engine with two
+stand-in devices. Only the shape of what they report is checked here, never a timing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 300  # seconds: each benchmark starts worker processes, on possibly busy cores
 
 
 def _env() -> dict[str, str]:
@@ -28,7 +31,8 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -95,3 +99,29 @@ def test_gpu_check_cpu_tiny(tmp_path):
     assert 0 < data["e2e"]["gpu_busy_stage_share"] <= 1
     assert 0 < data["e2e"]["startup_seconds"] < data["e2e"]["cli_wall_seconds"]
     assert set(data["targets"]) == {"esm_mfu", "dnabert_mfu", "gpu_busy", "cosine"}
+
+
+@pytest.mark.slow
+def test_bench_scaling_quick(tmp_path):
+    """The orchestration benchmark runs the real engine end to end and prints its table:
+    one row per device count, each scoring every frame of the input."""
+    out = tmp_path / "scaling.json"
+    proc = _run([sys.executable, "benchmarks/bench_scaling.py", "--quick", "--json", str(out)])
+    assert "not a correctness test" in (REPO / "benchmarks" / "bench_scaling.py").read_text()
+    for section in ("== input ==", "== scaling"):
+        assert section in proc.stdout, section
+    table = proc.stdout.split("== scaling", 1)[1].splitlines()[1:5]
+    header, rule, *rows = [re.split(r"\s{2,}", line.strip()) for line in table]
+    assert header == ["N", "frames", "seconds", "frames/s", "efficiency", "devices busy",
+                      "parent cores", "parent CPU us/frame", "parent ceiling", "start-up s"]
+    assert all(set(cell) == {"-"} for cell in rule) and len(rule) == len(header)
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(len(row) == len(header) for row in rows)
+    assert rows[0][4] == "100.0%"  # efficiency is relative to N = 1
+    data = json.loads(out.read_text())
+    frames = data["workload"]["frames"]
+    for run in data["runs"]:
+        assert run["frames"] == frames  # every frame of the input, scored once
+        assert sum(run["per_device"].values()) == frames
+        assert run["units"] == data["workload"]["units"] > 1
+        assert abs(run["tokens"]["esm"] - frames * data["workload"]["esm_tokens_per_frame"]) < 1
