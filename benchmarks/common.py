@@ -154,25 +154,34 @@ def sustained_matmul(device: torch.device, dtype: torch.dtype, n: int, seconds: 
 class OtherLoad:
     """How much CPU other processes used while a phase ran (a shared machine's noise).
 
-    From /proc/stat: all CPUs' busy time minus this process's own CPU time (all threads),
+    From /proc/stat: all CPUs' busy time minus the CPU time of this process (all threads)
+    and of the child processes it waited for (a command run as a subprocess, its workers),
     per second of wall time, in cores; `steal` is time the hypervisor gave to other VMs.
     Both should be ~0 for the figures of a phase to mean anything. Zero where /proc/stat
     does not exist.
     """
 
     def __enter__(self) -> OtherLoad:
-        self._start = (_proc_stat(), time.process_time(), time.perf_counter())
+        self._start = (_proc_stat(), _own_cpu(), time.perf_counter())
         return self
 
     def __exit__(self, *exc: object) -> None:
         (busy0, steal0), own0, t0 = self._start
         busy1, steal1 = _proc_stat()
         wall = max(time.perf_counter() - t0, 1e-9)
-        self.cores = max(0.0, (busy1 - busy0) - (time.process_time() - own0)) / wall
+        self.cores = max(0.0, (busy1 - busy0) - (_own_cpu() - own0)) / wall
         self.steal = (steal1 - steal0) / wall
 
     def as_dict(self) -> dict[str, float]:
         return {"other_cores": round(self.cores, 3), "steal_cores": round(self.steal, 3)}
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its finished (waited-for) children."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _proc_stat() -> tuple[float, float]:
@@ -399,6 +408,7 @@ def call_agreement(features_ref: torch.Tensor, features_other: torch.Tensor,
 
 # ------------------------------------------------------------------ workload
 _SENSE = [c for c, aa in GENETIC_CODE.items() if aa != "*"]
+_COMPLEMENT = str.maketrans("ACGT", "TGCA")
 
 
 def stop_free_records(n: int, length: int, seed: int = 0, prefix: str = "s") -> list[Record]:
@@ -415,6 +425,43 @@ def stop_free_records(n: int, length: int, seed: int = 0, prefix: str = "s") -> 
     draws = rng.integers(0, len(codons), size=(n, n_codons))
     seqs = ["".join(codons[row])[:length] for row in draws]
     return [Record(f"{prefix}{i}", f"{prefix}{i}", s, "bench") for i, s in enumerate(seqs)]
+
+
+def stop_free_reads(n: int, min_length: int, max_length: int, seed: int = 0,
+                    prefix: str = "r") -> list[Record]:
+    """Like `stop_free_records`, with lengths drawn uniformly from [min_length, max_length]
+    (short reads); built as one byte matrix, so 200,000 reads take about a second."""
+    rng = np.random.default_rng(seed)
+    table = np.frombuffer("".join(_SENSE).encode(), dtype=np.uint8).reshape(len(_SENSE), 3)
+    n_codons = -(-max_length // 3)
+    lengths = rng.integers(min_length, max_length + 1, size=n)
+    bases = table[rng.integers(0, len(_SENSE), size=(n, n_codons))].reshape(n, 3 * n_codons)
+    return [Record(f"{prefix}{i}", f"{prefix}{i}", bases[i, :k].tobytes().decode(), "bench")
+            for i, k in enumerate(lengths.tolist())]
+
+
+def contig_like_records(total_bp: int, n_contigs: int = 5, seed: int = 0) -> list[Record]:
+    """About `total_bp` of contigs laid out like a phage genome: genes of 300-1,500 bp
+    (ATG, stop-free sense codons, a stop) on either strand, between random spacers of
+    20-300 bp, so ~85% is coding. Unlike `stop_free_records`, a 500 bp chunk keeps a frame
+    only where it lies inside one gene: chunks across gene ends and spacers keep none, as
+    in real genomes."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for k in range(n_contigs):
+        parts: list[str] = []
+        size = 0
+        while size < total_bp // n_contigs:
+            codons = rng.choice(_SENSE, size=int(rng.integers(100, 500)) - 2)
+            gene = "ATG" + "".join(codons) + str(rng.choice(["TAA", "TAG", "TGA"]))
+            if rng.random() < 0.5:
+                gene = gene.translate(_COMPLEMENT)[::-1]
+            spacer = "".join(rng.choice(list("ACGT"), size=int(rng.integers(20, 301))))
+            parts += [gene, spacer]
+            size += len(gene) + len(spacer)
+        records.append(Record(f"contig{k + 1}", f"contig{k + 1} contig-like, synthetic",
+                              "".join(parts), "bench"))
+    return records
 
 
 def frames_of(records: Sequence[Record], chunk_size: int) -> list[Frame]:

@@ -1,14 +1,16 @@
 """The benchmarks run at tiny size and report every section, so they cannot rot unnoticed.
 
 `bench_predict.py --quick` and `gpu_check.sh --cpu-tiny` run the same code as the real
-measurements (random models written in the real formats, `run_predict`, `virnucpro predict`)
-with tiny models on the CPU.
+measurements (random models written in the real formats, `virnucpro predict`) with tiny
+models on the CPU; `bench_scaling.py --quick` runs the real engine with two stand-in
+devices. Only the shape of what they report is checked here, never a timing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 300  # seconds: each benchmark starts worker processes, on possibly busy cores
 
 
 def _env() -> dict[str, str]:
@@ -28,7 +31,8 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -37,14 +41,22 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 def test_bench_predict_quick(tmp_path):
     out = tmp_path / "bench.json"
     proc = _run([sys.executable, "benchmarks/bench_predict.py", "--quick", "--json", str(out)])
-    for section in ("== hardware ==", "== matmul peak", "== models", "== end to end",
-                    "== baseline", "== agreement", "== opt-in: --precision bf16",
-                    "== targets =="):
+    for section in ("== hardware ==", "== matmul peak", "== models", "== the whole command",
+                    "== baseline", "== same frames", "== agreement",
+                    "== opt-in: --precision bf16", "== targets =="):
         assert section in proc.stdout, section
     data = json.loads(out.read_text())
     assert data["quick"] is True
     assert data["frames"] == 24
-    assert data["e2e"]["frames"] == 24  # run_predict scored every frame of the workload
+    assert data["e2e"]["frames"] == 24  # the command scored every frame of the workload
+    # The baseline, a whole process of its own, scored the same frames.
+    base = data["baseline"]["e2e"]
+    assert base["frames"] == 24
+    assert 0 < base["startup_seconds"] < base["wall_seconds"]
+    assert set(base["phases"]) == {"interpreter_and_imports", "load", "read_and_translate",
+                                   "dnabert", "esm", "classify_and_write"}
+    assert 0 < data["e2e"]["startup_seconds"] < data["e2e"]["wall_seconds"]
+    assert data["speedup_after_startup"] > 0 and data["speedup_models"] > 0
     assert data["peak"]["flops"] > 0
     # The MFU denominator is the best kernel the models may use, and the workers use it.
     kernels = data["peak"]["kernels"]
@@ -95,3 +107,64 @@ def test_gpu_check_cpu_tiny(tmp_path):
     assert 0 < data["e2e"]["gpu_busy_stage_share"] <= 1
     assert 0 < data["e2e"]["startup_seconds"] < data["e2e"]["cli_wall_seconds"]
     assert set(data["targets"]) == {"esm_mfu", "dnabert_mfu", "gpu_busy", "cosine"}
+
+
+def _bench_module(name: str):
+    """A benchmark script as a module (they import their neighbour `common`)."""
+    import importlib
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+@pytest.mark.parametrize("source", ["input", "contigs"])
+def test_bench_predict_workload_from_fasta(tmp_path, source):
+    """--input and --contigs: the frames both sides score are those of whole records of the
+    given (or generated) FASTA, as our own chunking and translation make them."""
+    bench = _bench_module("bench_predict")
+    common = _bench_module("common")
+    from virnucpro.reader import read_records
+
+    example = REPO / "src" / "virnucpro" / "data" / "example.fa"
+    argv = ["--input", str(example)] if source == "input" else ["--contigs", "20000"]
+    args = bench.parse_args([*argv, "--frames", "12"])
+    fasta, frames, label = bench.workload(args, 12, tmp_path)
+    records = list(read_records([str(fasta)]))
+    assert frames == common.frames_of(records, 500)
+    assert 0 < len(frames) <= 12
+    # Whole records: the next record of the source would have gone past --frames.
+    source_records = (list(read_records([str(example)])) if source == "input"
+                      else common.contig_like_records(20000))
+    assert [r.seq for r in records] == [r.seq for r in source_records[:len(records)]]
+    more = common.frames_of(source_records[:len(records) + 1], 500)
+    assert len(records) == len(source_records) or len(more) > 12
+    assert "chunks of 500 bp" in label
+
+
+@pytest.mark.slow
+def test_bench_scaling_quick(tmp_path):
+    """The orchestration benchmark runs the real engine end to end and prints its table:
+    one row per device count, each scoring every frame of the input."""
+    out = tmp_path / "scaling.json"
+    proc = _run([sys.executable, "benchmarks/bench_scaling.py", "--quick", "--json", str(out)])
+    assert "not a correctness test" in (REPO / "benchmarks" / "bench_scaling.py").read_text()
+    for section in ("== input ==", "== scaling"):
+        assert section in proc.stdout, section
+    table = proc.stdout.split("== scaling", 1)[1].splitlines()[1:5]
+    header, rule, *rows = [re.split(r"\s{2,}", line.strip()) for line in table]
+    assert header == ["N", "frames", "seconds", "frames/s", "efficiency", "devices busy",
+                      "parent cores", "parent CPU us/frame", "parent ceiling", "start-up s"]
+    assert all(set(cell) == {"-"} for cell in rule) and len(rule) == len(header)
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(len(row) == len(header) for row in rows)
+    assert rows[0][4] == "100.0%"  # efficiency is relative to N = 1
+    data = json.loads(out.read_text())
+    frames = data["workload"]["frames"]
+    for run in data["runs"]:
+        assert run["frames"] == frames  # every frame of the input, scored once
+        assert sum(run["per_device"].values()) == frames
+        assert run["units"] == data["workload"]["units"] > 1
+        assert abs(run["tokens"]["esm"] - frames * data["workload"]["esm_tokens_per_frame"]) < 1
