@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from virnucpro.errors import ModelError
+from virnucpro.models import dnabert
 from virnucpro.models.dnabert import (
     DnaBert,
     DnaBertConfig,
@@ -121,6 +122,15 @@ KNOWN_IDS = {
 def test_real_tokenizer_known_ids(data_dir: Path) -> None:
     tokenizer = load_dnabert_tokenizer(data_dir / "dnabert-s")
     assert tokenize_dna(tokenizer, list(KNOWN_IDS)) == list(KNOWN_IDS.values())
+
+
+def test_tokenize_dna_in_slices_keeps_order_and_ids(data_dir: Path, monkeypatch) -> None:
+    # Encoded ENCODE_ROWS at a time (to bound memory): the slices must join up exactly.
+    tokenizer = load_dnabert_tokenizer(data_dir / "dnabert-s")
+    monkeypatch.setattr(dnabert, "ENCODE_ROWS", 2)
+    seqs = [*KNOWN_IDS, "acgt"]  # 6 sequences: 3 slices
+    assert tokenize_dna(tokenizer, seqs) == [*KNOWN_IDS.values(), KNOWN_IDS["ACGT"]]
+    assert tokenize_dna(tokenizer, []) == []
 
 
 def test_real_tokenizer_upper_cases_and_does_not_pad_or_truncate(data_dir: Path) -> None:

@@ -26,6 +26,7 @@ SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
 CLS_ID = 1
 SEP_ID = 2
+ENCODE_ROWS = 256  # sequences per tokenizer call: bounds its working memory (tokenize_dna)
 
 
 @dataclass(frozen=True)
@@ -304,8 +305,17 @@ def load_dnabert_tokenizer(model_dir: Path) -> Tokenizer:
 
 
 def tokenize_dna(tokenizer: Tokenizer, seqs: Sequence[str]) -> list[list[int]]:
-    """Token ids `[CLS] ... [SEP]` per sequence. Upper-cased first: lower case maps to [UNK]."""
-    return [enc.ids for enc in tokenizer.encode_batch([s.upper() for s in seqs])]
+    """Token ids `[CLS] ... [SEP]` per sequence. Upper-cased first: lower case maps to [UNK].
+
+    Encoded ENCODE_ROWS sequences at a time: an `Encoding` holds ~160 bytes a token besides
+    its ids (token strings, offsets, masks), 17-25 KB for a 500 bp chunk, so one call over a
+    whole work unit (which holds whole records: thousands of frames for a long contig) made
+    the worker's peak grow with the largest unit of the input."""
+    ids: list[list[int]] = []
+    for start in range(0, len(seqs), ENCODE_ROWS):
+        batch = [s.upper() for s in seqs[start:start + ENCODE_ROWS]]
+        ids.extend(enc.ids for enc in tokenizer.encode_batch(batch))
+    return ids
 
 
 def embed_dnabert(model: DnaBert, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
