@@ -174,3 +174,22 @@ def test_merge_and_a_shard_write_regions_and_multiqc(tiny_models, tmp_path):
     assert header == "seq_id\tregion_id\tstart\tend\tlength\tn_chunks\tscore\tkind"
     calls = json.loads((out / "virnucpro_calls_mqc.json").read_text())
     assert sum(calls["data"]["out"].values()) == 10
+
+
+def test_help_a_newcomer_can_scan(capsys):
+    """Grouped option panels with examples for predict and train; command summaries whole."""
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    commands = top.split("Commands", 1)[1]
+    assert "..." not in commands and "\u2026" not in commands  # no summary is cut off
+    for summary_end in ("to OUTPUT_DIR.", "history.tsv.", "(score_histogram.png).",
+                        "runs no model."):  # the last words of long summaries are there
+        assert summary_end in commands, summary_end
+    for command, panels in (("predict", ("Inputs and outputs", "Calls", "Models",
+                                         "Devices and batching", "Run control")),
+                            ("train", ("Inputs and outputs", "Training recipe", "Models",
+                                       "Devices and batching", "Run control"))):
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert all(p in text for p in panels), command
+        assert "Example" in text and f"virnucpro {command}" in text
