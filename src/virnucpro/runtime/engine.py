@@ -153,14 +153,8 @@ class Pool:
 
     def settle(self, request: Request, recorded: Plan | None) -> Plan:
         """Agree with the workers on one dtype and one set of budgets (see the module note)."""
-        from virnucpro.runtime.devices import common_precision
-
         probes = self._gather("probe")
-        if recorded is not None:
-            dtype = recorded.settings.dtype
-        else:
-            caps = [_capability(p) for p in probes]
-            dtype = common_precision(caps, request.precision)
+        dtype = settle_dtype(probes, request, recorded)
         self._tell("load", dtype)
         self._gather("loaded")
         self._tell("measure")
@@ -189,9 +183,17 @@ class Pool:
             q.close()
 
 
-def _capability(probe: dict[str, Any]) -> tuple[int, int] | None:
-    cap = probe.get("compute_capability")
-    return None if cap is None else tuple(int(x) for x in str(cap).split("."))  # type: ignore
+def settle_dtype(probes: list[dict[str, Any]], request: Request, recorded: Plan | None) -> str:
+    """The run's one precision: as an earlier run of this output recorded, else the best
+    that every worker's device (its probe) supports."""
+    from virnucpro.runtime.devices import common_precision
+
+    if recorded is not None:
+        return recorded.settings.dtype
+    caps = [None if p.get("compute_capability") is None
+            else tuple(int(x) for x in str(p["compute_capability"]).split("."))
+            for p in probes]
+    return common_precision(caps, request.precision)  # type: ignore[arg-type]
 
 
 def settle_settings(dtype: str, request: Request, recorded: Plan | None,

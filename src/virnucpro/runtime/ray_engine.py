@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from virnucpro.errors import VirnucproError
 from virnucpro.progress import Progress
 from virnucpro.runtime.batching import WorkUnit
-from virnucpro.runtime.engine import Job, Plan, RunStats, settle_settings
+from virnucpro.runtime.engine import Job, Plan, RunStats, settle_dtype, settle_settings
 from virnucpro.runtime.units import load_unit, save_unit
 from virnucpro.runtime.worker import Settings, UnitResult, WorkerSpec, empty_result
 
@@ -146,15 +146,9 @@ def _start_actors(ray: Any, job: Job) -> tuple[list[Any], int]:
 
 
 def _settle(ray: Any, actors: list[Any], job: Job, threads: int) -> Plan:
-    from virnucpro.runtime.devices import common_precision
 
     probes = ray.get([a.probe.remote() for a in actors])
-    if job.recorded is not None:
-        dtype = job.recorded.settings.dtype
-    else:
-        caps = [None if p.get("compute_capability") is None
-                else tuple(int(x) for x in p["compute_capability"].split(".")) for p in probes]
-        dtype = common_precision(caps, job.request.precision)
+    dtype = settle_dtype(probes, job.request, job.recorded)
     ray.get([a.load.remote(dtype) for a in actors])
     proposals = ray.get([a.propose.remote() for a in actors])
     settings = settle_settings(dtype, job.request, job.recorded, proposals)
