@@ -319,7 +319,6 @@ def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
                                    cfg.save_embeddings and cfg.shard is None, cfg.regions)
     consumed: list[int] = []
     read = ReadStats()
-    settled: list[Plan] = [found.plan] if found.plan is not None else []
     startup: list[float] = []
 
     def consume(records: list[RecordFrames], r: UnitResult) -> None:
@@ -327,7 +326,6 @@ def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
         consumed.append(r.index)
 
     def on_settled(p: Plan) -> None:
-        settled[:] = [p]
         startup.append(time.perf_counter() - t0)
         _write_state(state, plan, p)
 
@@ -338,7 +336,7 @@ def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
         raise
     counts = {**writer.counts(), "rna_records": read.rna_records}
     record = _run_record(cfg, plan, stats, counts, time.perf_counter() - t0,
-                         startup[0] if startup else None, settled[0] if settled else None)
+                         startup[0] if startup else None, stats.plan)
     if cfg.shard is not None:
         shards.write_shard_record(cfg.output_dir, plan.run_fingerprint, cfg.shard, consumed)
     mqc.write_mqc(cfg.output_dir, cfg.output_dir.resolve().name, counts["predictions"],

@@ -158,11 +158,10 @@ class Pool:
         self._tell("load", dtype)
         self._gather("loaded")
         self._tell("measure")
-        proposals = self._gather("proposal")
-        settings = settle_settings(dtype, request, recorded, proposals)
-        self._tell("go", settings)
-        workers = tuple({**p, "proposed": q} for p, q in zip(probes, proposals, strict=True))
-        return Plan(settings, self.specs[0].threads, workers)
+        plan = settle_plan(dtype, request, recorded, probes, self._gather("proposal"),
+                           self.specs[0].threads)
+        self._tell("go", plan.settings)
+        return plan
 
     def close(self, ok: bool) -> None:
         """Stop the workers: on success they finish and exit; on failure they are
@@ -196,10 +195,11 @@ def settle_dtype(probes: list[dict[str, Any]], request: Request, recorded: Plan 
     return common_precision(caps, request.precision)  # type: ignore[arg-type]
 
 
-def settle_settings(dtype: str, request: Request, recorded: Plan | None,
-              proposals: list[dict[str, int]]) -> Settings:
-    """Budgets: as asked, else as an earlier run of this output recorded, else the smallest
-    any worker proposed."""
+def settle_plan(dtype: str, request: Request, recorded: Plan | None,
+                probes: list[dict[str, Any]], proposals: list[dict[str, int]],
+                threads: int) -> Plan:
+    """The run's plan, logged once: budgets as asked, else as an earlier run of this output
+    recorded, else the smallest any worker proposed; each worker's probe and proposal."""
     def pick(name: str) -> int:
         asked = getattr(request, name)
         if asked is not None:
@@ -207,7 +207,14 @@ def settle_settings(dtype: str, request: Request, recorded: Plan | None,
         if recorded is not None:
             return int(getattr(recorded.settings, name))
         return min(int(p[name]) for p in proposals)
-    return Settings(dtype, pick("dnabert_budget"), pick("esm_budget"))
+
+    settings = Settings(dtype, pick("dnabert_budget"), pick("esm_budget"))
+    workers = tuple({**p, "proposed": q} for p, q in zip(probes, proposals, strict=True))
+    for w in workers:
+        log.info("worker on %s (%s): %s, DNABERT-S batch %d tokens, ESM-2 batch %d tokens, "
+                 "%d threads", w["device"], w.get("name") or "?", dtype,
+                 settings.dnabert_budget, settings.esm_budget, threads)
+    return Plan(settings, threads, workers)
 
 
 # ------------------------------------------------------------------ feeding and results
@@ -316,7 +323,6 @@ def run_units(job: Job, units: Iterator[tuple[WorkUnit, T]],
     try:
         stats = RunStats(plan=pool.settle(job.request, job.recorded))
         on_settled(stats.plan)
-        _log_plan(stats.plan, job.specs)
         _collect(pool, job, units, consume, stats)
         ok = True
     finally:
@@ -366,11 +372,3 @@ def _bytes(read: Any, done: int | None) -> tuple[int, int] | None:
     if read is None or done is None or read.bytes_total is None:
         return None
     return done, read.bytes_total
-
-
-def _log_plan(plan: Plan, specs: tuple[WorkerSpec, ...]) -> None:
-    s = plan.settings
-    for w in plan.workers:
-        log.info("worker on %s (%s): %s, DNABERT-S batch %d tokens, ESM-2 batch %d tokens, "
-                 "%d threads", w["device"], w.get("name") or "?", s.dtype, s.dnabert_budget,
-                 s.esm_budget, plan.threads)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from virnucpro.errors import VirnucproError
 from virnucpro.progress import Progress
 from virnucpro.runtime.batching import WorkUnit
-from virnucpro.runtime.engine import Job, Plan, RunStats, settle_dtype, settle_settings
+from virnucpro.runtime.engine import Job, Plan, RunStats, settle_dtype, settle_plan
 from virnucpro.runtime.units import load_unit, save_unit
 from virnucpro.runtime.worker import Settings, UnitResult, WorkerSpec, empty_result
 
@@ -146,15 +146,14 @@ def _start_actors(ray: Any, job: Job) -> tuple[list[Any], int]:
 
 
 def _settle(ray: Any, actors: list[Any], job: Job, threads: int) -> Plan:
-
+    """The same agreement as `engine.Pool.settle`, with the actors."""
     probes = ray.get([a.probe.remote() for a in actors])
     dtype = settle_dtype(probes, job.request, job.recorded)
     ray.get([a.load.remote(dtype) for a in actors])
     proposals = ray.get([a.propose.remote() for a in actors])
-    settings = settle_settings(dtype, job.request, job.recorded, proposals)
-    ray.get([a.go.remote(settings) for a in actors])
-    workers = tuple({**p, "proposed": q} for p, q in zip(probes, proposals, strict=True))
-    return Plan(settings, threads, workers)
+    plan = settle_plan(dtype, job.request, job.recorded, probes, proposals, threads)
+    ray.get([a.go.remote(plan.settings) for a in actors])
+    return plan
 
 
 # ------------------------------------------------------------------ scoring in order
