@@ -16,10 +16,12 @@ from virnucpro.cli import main
 from virnucpro.errors import ModelError
 from virnucpro.models.esm import (
     ESM_VOCAB,
+    EsmInferenceLayer,
     convert_fair_esm,
     embed_esm,
     load_esm,
     load_esm_config,
+    rotary_tables,
     tokenize_protein,
 )
 from virnucpro.testing import make_tiny_esm
@@ -33,13 +35,23 @@ def tiny(tmp_path_factory):
     return load_esm(model_dir)
 
 
+@pytest.fixture(scope="module")
+def plain(tiny):
+    """The same directory as transformers' own EsmModel, with its own layers (the reference)."""
+    from transformers import EsmModel
+
+    return EsmModel.from_pretrained(tiny[0].name_or_path, add_pooling_layer=False,
+                                    attn_implementation="sdpa").eval()
+
+
 def _proteins(lengths, seed=0):
     rng = random.Random(seed)
     return ["".join(rng.choice(AMINO) for _ in range(n)) for n in lengths]
 
 
 def _slow_pool(model, ids: list[int], cap: int = 1024) -> torch.Tensor:
-    """One protein alone, no mask: mean of last_hidden_state over residues 1..min(n, cap)."""
+    """transformers' own forward on one protein alone, no mask: mean of last_hidden_state over
+    residues 1..min(n, cap)."""
     with torch.no_grad():
         hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
     n = len(ids) - 2
@@ -74,45 +86,61 @@ def test_model_is_sdpa_eval_without_pooler(tiny):
     assert load_esm_config(Path(model.name_or_path)).hidden_size == 32
 
 
-def test_batched_equals_one_at_a_time_and_slow_reference(tiny):
+def test_batched_equals_one_at_a_time_and_slow_reference(tiny, plain):
     model, tokenizer = tiny
     ids = tokenize_protein(tokenizer, _proteins([1, 2, 7, 50, 33, 130, 7], seed=3))
     batched = embed_esm(model, ids)
     assert batched.shape == (7, 32) and batched.dtype == torch.float32
     singles = torch.cat([embed_esm(model, [row]) for row in ids])
-    slow = torch.stack([_slow_pool(model, row) for row in ids])
+    slow = torch.stack([_slow_pool(plain, row) for row in ids])
     assert (batched - singles).abs().max() <= 1e-5
     assert (batched - slow).abs().max() <= 1e-5
     assert embed_esm(model, []).shape == (0, 32)
 
 
-def test_fused_gelu_equals_transformers_own_layers(tiny):
-    from transformers import EsmModel
-
+def test_inference_layers_compute_what_transformers_layers_do(tiny, plain):
     model, tokenizer = tiny
-    plain = EsmModel.from_pretrained(model.name_or_path, add_pooling_layer=False,
-                                     attn_implementation="sdpa").eval()
-    assert type(plain.encoder.layer[0].intermediate).__name__ == "EsmIntermediate"
-    assert all(type(layer.intermediate).__name__ == "_ErfGeluIntermediate"
-               for layer in model.encoder.layer)
-    assert model.state_dict().keys() == plain.state_dict().keys()
-    ids = tokenize_protein(tokenizer, _proteins([9, 70, 31], seed=4))
-    ours, theirs = embed_esm(model, ids), embed_esm(plain, ids)
-    assert (ours - theirs).abs().max() <= 1e-6
+    assert type(plain.encoder.layer[0]).__name__ == "EsmLayer"
+    assert all(isinstance(layer, EsmInferenceLayer) for layer in model.encoder.layer)
+    # q, k and v are one stacked projection holding transformers' three weight matrices.
+    ours0, theirs0 = model.encoder.layer[0], plain.encoder.layer[0].attention.self
+    assert torch.equal(ours0.qkv.weight, torch.cat([theirs0.query.weight, theirs0.key.weight,
+                                                     theirs0.value.weight]))
+    ids = tokenize_protein(tokenizer, _proteins([9, 70, 31, 70], seed=4))
+    ours = embed_esm(model, ids)
+    theirs = torch.stack([_slow_pool(plain, row) for row in ids])
+    assert (ours - theirs).abs().max() <= 2e-6
     x = torch.linspace(-6, 6, 10001)  # the two GELUs, value by value
     spelled_out = x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
     assert (torch.nn.functional.gelu(x) - spelled_out).abs().max() <= 1e-6
 
 
-def test_pooling_covers_at_most_1024_residues(tiny):
+def test_inference_layers_keep_rotary_angles_in_fp32(tiny, plain):
+    """The angles are transformers' own; in bf16 the frequencies and tables stay fp32."""
+    model, tokenizer = tiny
+    cos, sin = rotary_tables(model, 300, torch.device("cpu"))
+    ref_cos, ref_sin = plain.rotary_embeddings(torch.zeros(1, dtype=torch.float32),
+                                               torch.arange(300)[None])
+    assert torch.equal(cos, ref_cos[0]) and torch.equal(sin, ref_sin[0])
+    half, _ = load_esm(Path(model.name_or_path), dtype=torch.bfloat16)
+    assert half.encoder.layer[0].qkv.weight.dtype == torch.bfloat16
+    assert half.rotary_embeddings.inv_freq.dtype == torch.float32
+    half_cos, half_sin = rotary_tables(half, 300, torch.device("cpu"))
+    assert torch.equal(half_cos, cos) and torch.equal(half_sin, sin)
+    ids = tokenize_protein(tokenizer, _proteins([40, 12, 40], seed=8))
+    cosine = torch.nn.functional.cosine_similarity(embed_esm(half, ids), embed_esm(model, ids))
+    assert cosine.min() >= 0.999
+
+
+def test_pooling_covers_at_most_1024_residues(tiny, plain):
     model, tokenizer = tiny
     long_ids, short_ids = tokenize_protein(tokenizer, _proteins([1100, 20], seed=5))
     got = embed_esm(model, [long_ids, short_ids])
-    capped = _slow_pool(model, long_ids, cap=1024)
-    whole = _slow_pool(model, long_ids, cap=10**6)
+    capped = _slow_pool(plain, long_ids, cap=1024)
+    whole = _slow_pool(plain, long_ids, cap=10**6)
     assert (got[0] - capped).abs().max() <= 1e-5
     assert (got[0] - whole).abs().max() > 1e-3  # the cap changes the answer
-    assert (got[1] - _slow_pool(model, short_ids)).abs().max() <= 1e-5
+    assert (got[1] - _slow_pool(plain, short_ids)).abs().max() <= 1e-5
 
 
 def test_empty_protein_is_rejected(tiny):

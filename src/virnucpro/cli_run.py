@@ -48,6 +48,9 @@ _EMBEDDING_OPTIONS = [
                  default="auto", show_default=True,
                  help="auto: fp32 on CPU, bf16 on GPUs with compute capability >= 8, else "
                       "fp16."),
+    click.option("--compile/--no-compile", "compile", default=None,
+                 help="Compile the models' layers with torch.compile (start-up pays for it "
+                      "once; see the README) [default: on GPUs, not on CPU]."),
     click.option("--threads", type=click.IntRange(min=1), default=None,
                  help="CPU threads per worker [default: the CPUs this process may use "
                       "(affinity, cgroup quota), split among the workers]."),
@@ -76,7 +79,7 @@ def _panels(*run_control: str):  # type: ignore[no-untyped-def]
                                               "--offline"]),
         click.option_panel("Devices and batching", options=[
             "--device", "--gpus", "--workers", "--precision", "--dnabert-batch-size",
-            "--esm-batch-size", "--threads", "--unit-frames"]),
+            "--esm-batch-size", "--compile", "--threads", "--unit-frames"]),
         click.option_panel("Run control", options=[*run_control, "--no-progress", "--verbose",
                                                    "--quiet"]),
     ]

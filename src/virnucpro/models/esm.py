@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from virnucpro.errors import ModelError
 from virnucpro.models.safeload import load_pickle
@@ -93,7 +95,7 @@ def load_esm(model_dir: Path, device: str | torch.device = "cpu",
 
     model_dir = Path(model_dir)
     if int(transformers.__version__.split(".")[0]) < 5:
-        # embed_esm hands EsmModel a ready 4D SDPA mask, which transformers 5 passes through.
+        # The module layout (rotary tables at the model, `encoder.layer`) is transformers 5's.
         raise ModelError(f"ESM-2 needs transformers>=5 (found {transformers.__version__})")
     load_esm_config(model_dir)  # a clear error before transformers' own
     try:
@@ -112,33 +114,100 @@ def load_esm(model_dir: Path, device: str | torch.device = "cpu",
     missing = sorted(k for k in report["missing_keys"] if not k.startswith("contact_head."))
     if missing:
         raise ModelError(f"{model_dir}: ESM-2 weights missing: {', '.join(missing)}")
-    fuse_gelu(model)
+    use_inference_layers(model)
     return model.to(device).eval(), tokenizer
 
 
-class _ErfGeluIntermediate(torch.nn.Module):
-    """ESM-2's feed-forward input layer: `dense`, then the exact (erf) GELU as one kernel."""
+class EsmInferenceLayer(nn.Module):
+    """One ESM-2 encoder layer for inference, computing what transformers' `EsmLayer` does:
+    pre-LayerNorm self-attention with rotary q/k, then a pre-LayerNorm GELU feed-forward, each
+    added to the residual stream. Made from a loaded `EsmLayer` (`from_hf`), with its weights.
 
-    def __init__(self, dense: torch.nn.Linear) -> None:
-        super().__init__()
-        self.dense = dense
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.gelu(self.dense(hidden))
-
-
-def fuse_gelu(model: Any) -> Any:
-    """Compute each layer's GELU with `F.gelu` instead of transformers' own (in place).
-
-    transformers spells the erf GELU out as `x * 0.5 * (1 + erf(x / sqrt(2)))`, as fair-esm
-    does: five passes over the widest activation of the layer. `F.gelu` is the same function
-    in one pass (equal to within float rounding, tested), and ESM-2 runs ~20% faster on a CPU.
-    The weights keep their names (`intermediate.dense.*`).
+    What differs is how, not what:
+    - q, k and v come from one GEMM (`qkv`, the three weight matrices stacked) instead of three;
+    - the rotary angles come in as fp32 tables and q/k are rotated in fp32, as transformers
+      does, but with fp32 rather than compute-dtype cos/sin (in fp32 runs they are the same);
+    - the exact (erf) GELU is one `F.gelu` instead of transformers' five-pass spelled-out form
+      (equal to within float rounding; ~20% of ESM-2's CPU time);
+    - a padding mask is `[B, 1, 1, T]` (broadcast) and goes straight to SDPA; without padding
+      there is no mask, so SDPA may pick its fastest (flash) kernel.
+    It takes plain tensors only, so each layer can be compiled on its own (`runtime/compile.py`).
     """
-    for layer in model.encoder.layer:
-        if not isinstance(layer.intermediate, _ErfGeluIntermediate):
-            layer.intermediate = _ErfGeluIntermediate(layer.intermediate.dense)
+
+    def __init__(self, hidden: int, heads: int, intermediate: int, eps: float) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.attn_norm = nn.LayerNorm(hidden, eps=eps)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
+        self.ffn_in = nn.Linear(hidden, intermediate)
+        self.ffn_out = nn.Linear(intermediate, hidden)
+
+    @classmethod
+    def from_hf(cls, layer: Any) -> EsmInferenceLayer:
+        """The same layer, holding `layer`'s weights (q/k/v stacked into one new tensor)."""
+        attn = layer.attention.self
+        hidden = attn.query.in_features
+        new = cls(hidden, attn.num_attention_heads, layer.intermediate.dense.out_features,
+                  layer.LayerNorm.eps).to(device="meta")
+        new.attn_norm = layer.attention.LayerNorm
+        new.attn_out = layer.attention.output.dense
+        new.ffn_norm = layer.LayerNorm
+        new.ffn_in = layer.intermediate.dense
+        new.ffn_out = layer.output.dense
+        projections = (attn.query, attn.key, attn.value)
+        new.qkv = nn.Linear(hidden, 3 * hidden, device="meta")
+        with torch.no_grad():
+            new.qkv.weight = nn.Parameter(torch.cat([p.weight for p in projections]),
+                                          requires_grad=False)
+            new.qkv.bias = nn.Parameter(torch.cat([p.bias for p in projections]),
+                                        requires_grad=False)
+        return new.train(layer.training)
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+        """x [B, T, H]; keys: [B, 1, 1, T] True for real tokens, or None; cos/sin [T, dh] fp32."""
+        batch, width, hidden = x.shape
+        qkv = self.qkv(self.attn_norm(x)).view(batch, width, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, nh, T, dh]
+        # ESM scales q before the rotation (as fair-esm and transformers do), then SDPA by 1.
+        q = _rotate(q * self.head_dim**-0.5, cos, sin)
+        k = _rotate(k, cos, sin)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=1.0)
+        x = x + self.attn_out(attn.transpose(1, 2).reshape(batch, width, hidden))
+        return x + self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x))))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, nh, T, dh] with fp32 tables [T, dh], computed in fp32."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+def use_inference_layers(model: Any) -> Any:
+    """Replace each `EsmLayer` of `model` by an `EsmInferenceLayer` holding its weights (in
+    place). `embed_esm` runs the layers itself, so the model's own `forward` is not used after
+    this (its layers no longer take transformers' arguments)."""
+    layers = model.encoder.layer
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, EsmInferenceLayer):
+            layers[i] = EsmInferenceLayer.from_hf(layer)
     return model
+
+
+def rotary_tables(model: Any, width: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """fp32 cos and sin [T, dh] of ESM-2's rotary angles for positions 0..T-1.
+
+    The frequencies are the model's own `inv_freq` buffer, not recomputed: the published
+    checkpoints store it with fp16 rounding, and fair-esm uses it as stored. It stays fp32 when
+    the model loads in bf16, and the angles are computed in fp32 whatever the model's dtype."""
+    inv_freq = model.rotary_embeddings.inv_freq.to(device=device, dtype=torch.float32)
+    angles = torch.arange(width, dtype=torch.float32, device=device)[:, None] * inv_freq
+    angles = torch.cat((angles, angles), dim=-1)  # [T, dh]
+    return angles.cos(), angles.sin()
 
 
 def tokenize_protein(tokenizer: Any, proteins: Sequence[str]) -> list[list[int]]:
@@ -193,18 +262,15 @@ def embed_esm(model: Any, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
 
 
 def _last_hidden(model: Any, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """`last_hidden_state` [B, T, H]; `mask` [B, T] marks real tokens (None: no padding).
-
-    Given a 2D mask, transformers asks the device whether it is all ones (a host sync) before
-    each forward. We hand it the 4D mask it would build instead, which it passes through as is.
-    """
-    if mask is None:
-        return model(input_ids=ids).last_hidden_state
-    # The embedding layer still sees the 2D mask: it zeroes padding and scales token dropout.
-    embeds = model.embeddings(input_ids=ids, attention_mask=mask)  # [B, T, H]
-    batch, width = mask.shape
-    keys = mask.bool()[:, None, None, :].expand(batch, 1, width, width)  # [B, 1, Tq, Tk]
-    return model(inputs_embeds=embeds, attention_mask=keys).last_hidden_state
+    """The last layer's output [B, T, H] (after ESM-2's final LayerNorm); `mask` [B, T] marks
+    real tokens (None: no padding). The embedding layer sees the 2D mask: it zeroes padding and
+    scales token dropout as transformers' forward does."""
+    hidden = model.embeddings(input_ids=ids, attention_mask=mask)  # [B, T, H]
+    cos, sin = rotary_tables(model, ids.shape[1], ids.device)
+    keys = None if mask is None else mask.bool()[:, None, None, :]  # [B, 1, 1, T]
+    for layer in model.encoder.layer:
+        hidden = layer(hidden, keys, cos, sin)
+    return model.encoder.emb_layer_norm_after(hidden)
 
 
 # ------------------------------------------------------------------ fair-esm conversion

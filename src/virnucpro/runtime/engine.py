@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ class Request:
     device: str = "auto"  # as asked; the Ray engine places its actors by it
     workers: int | None = None
     threads: int | None = None
+    compile: bool | None = None  # None: on CUDA devices only
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def plan_from_record(record: dict[str, Any] | None) -> Plan | None:
         return None
     try:
         settings = Settings(str(record["dtype"]), int(record["dnabert_budget"]),
-                            int(record["esm_budget"]))
+                            int(record["esm_budget"]), bool(record.get("compile", False)))
         return Plan(settings, int(record["threads"]), tuple(record.get("workers", ())))
     except (KeyError, TypeError, ValueError):
         return None
@@ -154,11 +155,11 @@ class Pool:
     def settle(self, request: Request, recorded: Plan | None) -> Plan:
         """Agree with the workers on one dtype and one set of budgets (see the module note)."""
         probes = self._gather("probe")
-        dtype = settle_dtype(probes, request, recorded)
-        self._tell("load", dtype)
-        self._gather("loaded")
+        start = settle_start(probes, request, recorded)
+        self._tell("load", start)
+        loaded = self._gather("loaded")
         self._tell("measure")
-        plan = settle_plan(dtype, request, recorded, probes, self._gather("proposal"),
+        plan = settle_plan(start, request, recorded, probes, loaded, self._gather("proposal"),
                            self.specs[0].threads)
         self._tell("go", plan.settings)
         return plan
@@ -182,24 +183,36 @@ class Pool:
             q.close()
 
 
-def settle_dtype(probes: list[dict[str, Any]], request: Request, recorded: Plan | None) -> str:
-    """The run's one precision: as an earlier run of this output recorded, else the best
-    that every worker's device (its probe) supports."""
+def settle_start(probes: list[dict[str, Any]], request: Request,
+                 recorded: Plan | None) -> Settings:
+    """What every worker loads with: the run's one precision, as an earlier run of this output
+    recorded, else the best that every worker's device (its probe) supports; and whether the
+    layers are compiled: as asked, else as recorded, else when every device is a GPU. The
+    budgets (0 here) are settled once the models are loaded (`settle_plan`)."""
     from virnucpro.runtime.devices import common_precision
 
-    if recorded is not None:
-        return recorded.settings.dtype
     caps = [None if p.get("compute_capability") is None
             else tuple(int(x) for x in str(p["compute_capability"]).split("."))
             for p in probes]
-    return common_precision(caps, request.precision)  # type: ignore[arg-type]
+    if recorded is not None:
+        dtype = recorded.settings.dtype
+    else:
+        dtype = common_precision(caps, request.precision)  # type: ignore[arg-type]
+    if request.compile is not None:
+        compile_layers = request.compile
+    elif recorded is not None:
+        compile_layers = recorded.settings.compile
+    else:
+        compile_layers = bool(caps) and None not in caps
+    return Settings(dtype, 0, 0, compile_layers)
 
 
-def settle_plan(dtype: str, request: Request, recorded: Plan | None,
-                probes: list[dict[str, Any]], proposals: list[dict[str, int]],
-                threads: int) -> Plan:
+def settle_plan(start: Settings, request: Request, recorded: Plan | None,
+                probes: list[dict[str, Any]], loaded: list[dict[str, Any]],
+                proposals: list[dict[str, int]], threads: int) -> Plan:
     """The run's plan, logged once: budgets as asked, else as an earlier run of this output
-    recorded, else the smallest any worker proposed; each worker's probe and proposal."""
+    recorded, else the smallest any worker proposed; each worker's probe, what compiling
+    reported and its proposal."""
     def pick(name: str) -> int:
         asked = getattr(request, name)
         if asked is not None:
@@ -208,12 +221,16 @@ def settle_plan(dtype: str, request: Request, recorded: Plan | None,
             return int(getattr(recorded.settings, name))
         return min(int(p[name]) for p in proposals)
 
-    settings = Settings(dtype, pick("dnabert_budget"), pick("esm_budget"))
-    workers = tuple({**p, "proposed": q} for p, q in zip(probes, proposals, strict=True))
+    settings = replace(start, dnabert_budget=pick("dnabert_budget"),
+                       esm_budget=pick("esm_budget"))
+    workers = tuple({**p, **(c or {}), "proposed": q}
+                    for p, c, q in zip(probes, loaded, proposals, strict=True))
     for w in workers:
+        compiled = (f"layers compiled in {w['compile_seconds']:.1f} s" if w.get("compiled")
+                    else "layers not compiled")
         log.info("worker on %s (%s): %s, DNABERT-S batch %d tokens, ESM-2 batch %d tokens, "
-                 "%d threads", w["device"], w.get("name") or "?", dtype,
-                 settings.dnabert_budget, settings.esm_budget, threads)
+                 "%d threads, %s", w["device"], w.get("name") or "?", settings.dtype,
+                 settings.dnabert_budget, settings.esm_budget, threads, compiled)
     return Plan(settings, threads, workers)
 
 

@@ -45,10 +45,11 @@ class RuntimeConfig:
     progress: bool = True
     engine: str = "local"  # "local" | "ray"; both write the same bytes
     ray_address: str | None = None  # None: start a local Ray instance
+    compile: bool | None = None  # torch.compile the encoder layers; None: on GPUs only
 
     def request(self) -> Request:
         return Request(self.precision, self.dnabert_budget, self.esm_budget, self.device,
-                       self.workers, self.threads)
+                       self.workers, self.threads, self.compile)
 
 
 def check_runtime(rt: RuntimeConfig) -> None:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from virnucpro.errors import VirnucproError
 from virnucpro.progress import Progress
 from virnucpro.runtime.batching import WorkUnit
-from virnucpro.runtime.engine import Job, Plan, RunStats, settle_dtype, settle_plan
+from virnucpro.runtime.engine import Job, Plan, RunStats, settle_plan, settle_start
 from virnucpro.runtime.units import load_unit, save_unit
 from virnucpro.runtime.worker import Settings, UnitResult, WorkerSpec, empty_result
 
@@ -81,13 +81,14 @@ class Scorer:
         node = ray.get_runtime_context().get_node_id()
         return {**describe_device(torch.device(self.spec.device)), "node": node}
 
-    def load(self, dtype: str) -> None:
+    def load(self, settings: Settings) -> dict[str, Any]:
         import torch
 
-        from virnucpro.runtime.worker import load_models
+        from virnucpro.runtime.worker import prepare_models
 
         with torch.inference_mode():
-            self.models = load_models(self.spec, Settings(dtype, 1, 1))
+            self.models, report = prepare_models(self.spec, settings)
+        return report
 
     def propose(self) -> dict[str, int]:
         from virnucpro.runtime.worker import propose_budgets
@@ -148,10 +149,10 @@ def _start_actors(ray: Any, job: Job) -> tuple[list[Any], int]:
 def _settle(ray: Any, actors: list[Any], job: Job, threads: int) -> Plan:
     """The same agreement as `engine.Pool.settle`, with the actors."""
     probes = ray.get([a.probe.remote() for a in actors])
-    dtype = settle_dtype(probes, job.request, job.recorded)
-    ray.get([a.load.remote(dtype) for a in actors])
+    start = settle_start(probes, job.request, job.recorded)
+    loaded = ray.get([a.load.remote(start) for a in actors])
     proposals = ray.get([a.propose.remote() for a in actors])
-    plan = settle_plan(dtype, job.request, job.recorded, probes, proposals, threads)
+    plan = settle_plan(start, job.request, job.recorded, probes, loaded, proposals, threads)
     ray.get([a.go.remote(plan.settings) for a in actors])
     return plan
 

@@ -53,6 +53,7 @@ class Settings:
     dtype: str  # "fp32" | "bf16" | "fp16"
     dnabert_budget: int
     esm_budget: int
+    compile: bool = False  # encoder layers through torch.compile (runtime/compile.py)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class Models:
 
 
 def load_models(spec: WorkerSpec, settings: Settings) -> Models:
-    """The three models on the worker's device, in the run's dtype (the classifier in fp32)."""
+    """The three models on the worker's device, in the run's dtype (the classifier in fp32).
+    With `settings.compile` the CPU linears stay PyTorch's: the compiler picks their kernels."""
     from virnucpro.models.classifier import load_classifier
     from virnucpro.models.dnabert import load_dnabert, load_dnabert_tokenizer
     from virnucpro.models.esm import load_esm
@@ -92,7 +94,7 @@ def load_models(spec: WorkerSpec, settings: Settings) -> Models:
     dtype = torch_dtype(settings.dtype)
     dnabert = load_dnabert(spec.dnabert_dir, device=device, dtype=dtype)
     esm, esm_tokenizer = load_esm(spec.esm_dir, device=device, dtype=dtype)
-    if device.type == "cpu":
+    if device.type == "cpu" and not settings.compile:
         use_onednn_linears(dnabert, esm)  # through oneDNN on x86 (see cpu.py)
     classifier = None
     if spec.classifier_path is not None:
@@ -101,6 +103,15 @@ def load_models(spec: WorkerSpec, settings: Settings) -> Models:
         classifier = classifier.to(device=device, dtype=torch.float32).eval()
     return Models(dnabert, load_dnabert_tokenizer(spec.dnabert_dir), esm, esm_tokenizer,
                   classifier, device, spec, settings)
+
+
+def prepare_models(spec: WorkerSpec, settings: Settings) -> tuple[Models, dict[str, Any]]:
+    """`load_models`, then compile their layers if the run compiles; returns the models and
+    what compiling reported (`{}` when the run does not compile)."""
+    from virnucpro.runtime.compile import compile_models
+
+    models = load_models(spec, settings)
+    return models, (compile_models(models) if settings.compile else {})
 
 
 def propose_budgets(models: Models) -> dict[str, int]:
@@ -211,9 +222,10 @@ def worker_main(index: int, spec: WorkerSpec, control: Any, tasks: Any, results:
     """A worker process: settle the run with the parent, then score units until `None`.
 
     Messages to the parent on `results` are `(kind, index, payload)`:
-    `probe` (the device's facts), `loaded`, `proposal` (budgets it could take), `result`
-    (a UnitResult) and `error` (one line). The parent answers on `control`: `load`
-    (the run's dtype), `measure`, then `go` (the run's Settings).
+    `probe` (the device's facts), `loaded` (what compiling reported), `proposal` (budgets
+    it could take), `result` (a UnitResult) and `error` (one line). The parent answers on
+    `control`: `load` (Settings with the run's dtype and compile choice; budgets not yet
+    settled), `measure`, then `go` (the run's Settings).
     """
     import signal
 
@@ -225,11 +237,10 @@ def worker_main(index: int, spec: WorkerSpec, control: Any, tasks: Any, results:
     try:
         apply_process_settings(torch.device(spec.device).type, spec.threads)
         results.put(("probe", index, describe_device(torch.device(spec.device))))
-        dtype = _expect(control, "load")
         with torch.inference_mode():
             # Provisional budgets until the parent has every worker's proposal.
-            models = load_models(spec, Settings(dtype, 1, 1))
-            results.put(("loaded", index, None))
+            models, report = prepare_models(spec, _expect(control, "load"))
+            results.put(("loaded", index, report))
             _expect(control, "measure")
             results.put(("proposal", index, propose_budgets(models)))
             models.settings = _expect(control, "go")
