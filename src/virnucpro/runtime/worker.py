@@ -9,6 +9,7 @@ the worker's own process; the caller's process is left as it was.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import traceback
@@ -175,9 +176,30 @@ def embed_batch(
             + embed_batch(embed, token_ids, batch[half:], models))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class StageClock:
+    """Where each stage of a unit starts and ends: CUDA events on a GPU, so that timing waits
+    for nothing inside a unit (the host queues the next stage while the GPU runs this one);
+    the host clock elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        """Seconds between consecutive marks (on a GPU, waits for the last one)."""
+        pairs = itertools.pairwise(self.marks)
+        if not self.cuda:
+            return [b - a for a, b in pairs]
+        self.marks[-1].synchronize()
+        return [a.elapsed_time(b) / 1000 for a, b in pairs]
 
 
 def score_unit(models: Models, unit: WorkUnit) -> UnitResult:
@@ -187,23 +209,23 @@ def score_unit(models: Models, unit: WorkUnit) -> UnitResult:
     from virnucpro.models.esm import embed_esm, tokenize_protein
 
     s = models.settings
-    t0 = time.perf_counter()
+    clock = StageClock(models.device)
+    clock.mark()
     dna_ids = tokenize_dna(models.dna_tokenizer, unit.nucleotides)
     dna = _embed_rows(lambda b: embed_dnabert(models.dnabert, b), dna_ids,
                       s.dnabert_budget, models)
-    _sync(models.device)
-    t1 = time.perf_counter()
+    clock.mark()
     prot_ids = tokenize_protein(models.esm_tokenizer, unit.proteins)
     prot = _embed_rows(lambda b: embed_esm(models.esm, b), prot_ids, s.esm_budget, models)
-    _sync(models.device)
-    t2 = time.perf_counter()
+    clock.mark()
     features = torch.cat([dna, prot], dim=1)
     if models.classifier is None:
-        scores_np = np.zeros((unit.n_frames, 0), np.float32)
+        scores = torch.zeros((unit.n_frames, 0))
     else:
-        scores_np = classify(models.classifier, features).cpu().numpy().astype(np.float32)
-    t3 = time.perf_counter()
-    seconds = {"dnabert": t1 - t0, "esm": t2 - t1, "classifier": t3 - t2}
+        scores = classify(models.classifier, features)
+    clock.mark()
+    scores_np = scores.cpu().numpy().astype(np.float32)  # the unit's one wait for the device
+    seconds = dict(zip(("dnabert", "esm", "classifier"), clock.seconds(), strict=True))
     tokens = {"dnabert": sum(map(len, dna_ids)), "esm": sum(map(len, prot_ids))}
     keep = models.spec.save_embeddings or models.classifier is None
     emb = features.cpu().numpy() if keep else None
