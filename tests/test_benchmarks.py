@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +119,87 @@ def _bench_module(name: str):
         return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+
+
+# ------------------------------------------------------------------ the original's loop
+@pytest.fixture(scope="module")
+def fair_esm_dir(tmp_path_factory):
+    """A tiny fair-esm ESM2 (the reference), and the HF directory `convert_fair_esm` makes
+    of it (what `virnucpro predict` and gpu_check's baseline load)."""
+    pytest.importorskip("esm")
+    common = _bench_module("common")
+    from virnucpro.models.esm import convert_fair_esm
+
+    tmp = tmp_path_factory.mktemp("fair")
+    model, alphabet = common.fair_esm_checkpoint(common.ESM2_TINY, tmp / "esm2.pt", seed=3)
+    return model, alphabet, convert_fair_esm(tmp / "esm2.pt", tmp / "hf")
+
+
+def _frames():
+    common = _bench_module("common")
+    return (common.frames_of(common.stop_free_records(20, 500, seed=1), 500)
+            + common.frames_of(common.stop_free_records(20, 300, seed=2), 300))
+
+
+def test_original_batches_are_fair_esms():
+    esm_data = pytest.importorskip("esm.data")
+    baseline = _bench_module("baseline")
+    rng = np.random.default_rng(0)
+    proteins = ["M" * int(n) for n in rng.integers(1, 700, size=300)] + ["A" * 3000]
+    expected = esm_data.FastaBatchedDataset(
+        [str(i) for i in range(len(proteins))], proteins).get_batch_indices(
+            2048, extra_toks_per_seq=1)
+    assert baseline.original_batches(proteins) == expected
+
+
+@pytest.mark.parametrize("backend", ["fair-esm", "transformers", "auto without fair-esm"])
+def test_original_esm_from_the_hf_directory(fair_esm_dir, backend, monkeypatch):
+    """Read back from the HF directory, either backend gives what fair-esm's own model of
+    the original checkpoint gives, in the original's batches."""
+    baseline = _bench_module("baseline")
+    import torch
+
+    model, alphabet, hf_dir = fair_esm_dir
+    if backend.startswith("auto"):
+        monkeypatch.setitem(sys.modules, "esm", None)  # `import esm` fails
+    esm = baseline.original_esm(hf_dir, torch.device("cpu"), backend.split()[0])
+    assert esm.backend == ("fair-esm" if backend == "fair-esm"
+                           else "transformers (eager attention)")
+    frames = _frames()
+    got = baseline.baseline_esm(esm, frames)
+    ref = baseline.baseline_esm(baseline.fair_esm(model, alphabet), frames)
+    assert got["sequences"] == ref["sequences"] == len(frames)
+    assert got["batches"] == len(baseline.original_batches([f.protein for f in frames])) > 1
+    assert got["linear_weights"] == ref["linear_weights"]
+    torch.testing.assert_close(got["embeddings"], ref["embeddings"], rtol=0, atol=1e-5)
+    cut = baseline.baseline_esm(esm, frames, deadline=0.0)  # passed: one batch, then stop
+    first = baseline.original_batches([f.protein for f in frames])[0]
+    assert (cut["batches"], cut["sequences"]) == (1, len(first))
+
+
+def test_baseline_dnabert_is_ours_unbatched_and_stops_at_its_deadline(tmp_path):
+    """One sequence at a time with no mask gives what our batched, masked embedding gives;
+    a deadline already passed stops the loop after one sequence."""
+    baseline = _bench_module("baseline")
+    import torch
+
+    from virnucpro.models.dnabert import (
+        embed_dnabert,
+        load_dnabert,
+        load_dnabert_tokenizer,
+        tokenize_dna,
+    )
+    from virnucpro.testing import make_tiny_dnabert
+
+    model_dir = make_tiny_dnabert(tmp_path / "dnabert")
+    model, tok = load_dnabert(model_dir), load_dnabert_tokenizer(model_dir)
+    frames = _frames()
+    got = baseline.baseline_dnabert(model, tok, frames)
+    ours = embed_dnabert(model, tokenize_dna(tok, [f.nucleotide for f in frames]))
+    assert got["sequences"] == len(frames) and len(got["pieces"]) == len(frames)
+    torch.testing.assert_close(got["embeddings"], ours, rtol=0, atol=1e-5)
+    cut = baseline.baseline_dnabert(model, tok, frames, deadline=0.0)
+    assert cut["sequences"] == 1 and cut["tokens"] == got["lengths"][0]
 
 
 @pytest.mark.parametrize("source", ["input", "contigs"])
