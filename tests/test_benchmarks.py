@@ -89,12 +89,12 @@ def test_gpu_check_cpu_tiny(tmp_path):
     out = tmp_path / "gpu.json"
     proc = _run(["bash", "benchmarks/gpu_check.sh", "--cpu-tiny", "--json", str(out)])
     for section in ("== env ==", "== setup ==", "== peak ==", "== dnabert ==", "== esm ==",
-                    "== e2e ==", "== summary (targets) =="):
+                    "== e2e ==", "== baseline ==", "== summary (targets) =="):
         assert section in proc.stdout, section
     assert "FAILED" not in proc.stdout and "SKIPPED" not in proc.stdout
     data = json.loads(out.read_text())
     assert data["mode"] == "cpu-tiny"
-    for name in ("setup", "peak", "dnabert", "esm", "e2e"):
+    for name in ("setup", "peak", "dnabert", "esm", "e2e", "baseline"):
         assert data[name]["status"] == "ok", (name, data[name]["status"])
     for name in ("dnabert", "esm"):
         assert data[name]["agreement_bf16_fp32"]["min_cosine"] > 0.99
@@ -107,7 +107,22 @@ def test_gpu_check_cpu_tiny(tmp_path):
     assert 100 <= data["e2e"]["frames"] == data["e2e"]["frames_in_input"] <= 140
     assert 0 < data["e2e"]["gpu_busy_stage_share"] <= 1
     assert 0 < data["e2e"]["startup_seconds"] < data["e2e"]["cli_wall_seconds"]
-    assert set(data["targets"]) == {"esm_mfu", "dnabert_mfu", "gpu_busy", "cosine"}
+    assert data["e2e"]["plan"] == {"dtype": "fp32", "dnabert_budget": 2048, "esm_budget": 4096}
+    # The budget a worker would choose here (bf16 on a CPU: fixed) is measured and marked.
+    dnabert = data["dnabert"]
+    assert dnabert["default_budget"] == 3072
+    assert {r["workload"] for r in dnabert["throughput"] if r["default"]} == labels
+    assert set(dnabert["default_mfu"]) == labels
+    # The original's loop ran over the same frames, with fair-esm (installed here).
+    base = data["baseline"]
+    assert base["esm_backend"] == "fair-esm"
+    assert base["frames"] == data["e2e"]["frames_in_input"]
+    assert base["stages"]["esm"]["sequences"] == base["frames"]
+    assert 0 < base["stages"]["dnabert"]["sequences"] <= base["frames"]
+    assert base["frames_per_s"] > 0 and base["ours_over_original"] > 0
+    assert set(data["targets"]) == {"esm_mfu", "dnabert_mfu", "gpu_busy", "cosine",
+                                    "vs_original"}
+    assert data["targets"]["vs_original"]["value"] == base["ours_over_original"]
 
 
 def _bench_module(name: str):
