@@ -136,6 +136,17 @@ def _bench_module(name: str):
         sys.path.remove(str(REPO / "benchmarks"))
 
 
+def test_gpu_check_time_limits_agree():
+    """gpu_check.sh's hard stop sits behind gpu_check.py's own deadline, and the whole check
+    (with a few seconds to start Python) stays under 8 minutes, inside one device command."""
+    gpu_check = _bench_module("gpu_check")
+    script = (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    kill_after, hard_stop = map(int, re.search(r"timeout -k (\d+) (\d+) ", script).groups())
+    limit = gpu_check.TIME_LIMITS["gpu"]
+    assert limit + 20 <= hard_stop and hard_stop + kill_after + 30 <= 8 * 60
+    assert f"({limit} s)" in script  # the comment above it says which deadline
+
+
 # ------------------------------------------------------------------ the original's loop
 @pytest.fixture(scope="module")
 def fair_esm_dir(tmp_path_factory):
