@@ -18,10 +18,11 @@ generated contig-like records (`common.contig_like_records`); both at `--chunk-s
 Figures, all on the same frames: the fp32 matmul peak; tokens/s and MFU of each model
 through our batching; the whole command (`python -m virnucpro predict --device cpu`, timed
 from process start to exit: interpreter, imports, the worker's spawn, torch import and model
-load, scoring, outputs), with run.json's stage times; and the original-style baseline, also
-end to end in a fresh process of its own: torch import, loading the three models, reading
-and translating, DNABERT-S one sequence at a time (unmasked), fair-esm's own ESM2 in its
-greedy batches of at most 2048 tokens, the classifier, writing the scores; all fp32.
+load, scoring, outputs), with run.json's stage times; and the original-style baseline
+(`baseline.py`), also end to end in a fresh process of its own: torch import, loading the
+three models, reading and translating, DNABERT-S one sequence at a time (unmasked),
+fair-esm's own ESM2 in its greedy batches of at most 2048 tokens, the classifier, writing
+the scores; all fp32.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import baseline as B
 import common as C
 import torch
 
@@ -268,14 +270,14 @@ def baseline_run(spec_path: Path) -> int:
     dnabert, tok = load_dnabert(spec["dnabert_dir"]), load_dnabert_tokenizer(spec["dnabert_dir"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fair-esm: no contact-regression weights (unused)
-        fair, alphabet = load_fair_esm(spec["esm_pt"])
+        fair = B.fair_esm(*B.load_fair_esm(spec["esm_pt"]))
     classifier, _ = load_classifier(spec["classifier"])
     lap("load")
     frames = C.frames_of(list(read_records([spec["fasta"]])), spec["chunk_size"])
     lap("read_and_translate")
-    dna = baseline_dnabert(dnabert, tok, frames)
+    dna = B.baseline_dnabert(dnabert, tok, frames)
     lap("dnabert")
-    prot = baseline_esm(fair, alphabet, frames)
+    prot = B.baseline_esm(fair, frames)
     lap("esm")
     embeddings = {"dnabert": dna.pop("embeddings"), "esm": prot.pop("embeddings")}
     scores = classify(classifier.eval(), torch.cat([embeddings["dnabert"], embeddings["esm"]],
@@ -287,66 +289,6 @@ def baseline_run(spec_path: Path) -> int:
         "frames": len(frames), "phases": phases, "seconds": clock - t0,
         "dnabert": dna, "esm": prot}))
     return 0
-
-
-def load_fair_esm(path: str) -> tuple[Any, Any]:
-    """fair-esm's ESM2 from its .pt, built by fair-esm itself (`load_model_and_alphabet_local`
-    does the same, but its torch.load predates weights_only and refuses the file's config)."""
-    import esm
-
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        data = torch.load(path, map_location="cpu")
-    model, alphabet = esm.pretrained.load_model_and_alphabet_core("esm2_random", data, None)
-    return model.eval(), alphabet
-
-
-def baseline_dnabert(model: Any, tok: Any, frames: list[Any]) -> dict[str, Any]:
-    """The original: tokenise and run one sequence at a time, no mask, mean over all tokens."""
-    seqs = [f.nucleotide for f in frames]
-    with torch.inference_mode():
-        model(torch.tensor([tok.encode(seqs[0]).ids]))  # warm-up
-        embs, lengths, pieces = [], [], []
-        t0 = time.perf_counter()
-        for s in seqs:
-            t1 = time.perf_counter()
-            ids = torch.tensor([tok.encode(s).ids])  # [1, T]
-            embs.append(model(ids)[0].mean(dim=0))  # [H]
-            lengths.append(ids.shape[1])
-            pieces.append((time.perf_counter() - t1, [ids.shape[1]]))
-        secs = time.perf_counter() - t0
-    return {"seconds": secs, "sequences": len(seqs), "tokens": sum(lengths),
-            "padded_tokens": sum(lengths), "lengths": lengths, "pieces": pieces,
-            "linear_weights": C.encoder_linear_weights(model), "embeddings": torch.stack(embs)}
-
-
-def baseline_esm(model: Any, alphabet: Any, frames: list[Any]) -> dict[str, Any]:
-    """The original: fair-esm's ESM2, FastaBatchedDataset batches of <= 2048 tokens, fp32."""
-    from esm.data import FastaBatchedDataset
-
-    proteins = [f.protein for f in frames]
-    dataset = FastaBatchedDataset([str(i) for i in range(len(proteins))], proteins)
-    batches = dataset.get_batch_indices(2048, extra_toks_per_seq=1)
-    convert = alphabet.get_batch_converter()
-    last = model.num_layers
-    embs = torch.zeros(len(proteins), model.embed_dim)
-    pieces = []
-    with torch.no_grad():
-        model(convert([("w", proteins[0])])[2], repr_layers=[last])  # warm-up
-        t0 = time.perf_counter()
-        for batch in batches:
-            t1 = time.perf_counter()
-            _, strs, toks = convert([(str(i), proteins[i]) for i in batch])
-            reps = model(toks, repr_layers=[last])["representations"][last]  # [B, T, H]
-            for row, (i, s) in enumerate(zip(batch, strs, strict=True)):
-                embs[i] = reps[row, 1: min(len(s), 1024) + 1].mean(dim=0)
-            pieces.append((time.perf_counter() - t1, [len(s) + 2 for s in strs]))
-        secs = time.perf_counter() - t0
-    lengths = [len(p) + 2 for p in proteins]
-    linear = sum(x.weight.numel() for x in model.layers.modules()
-                 if isinstance(x, torch.nn.Linear))
-    return {"seconds": secs, "sequences": len(proteins), "tokens": sum(lengths),
-            "padded_tokens": sum(lengths), "lengths": lengths, "pieces": pieces,
-            "linear_weights": linear, "embeddings": embs, "batches": len(batches)}
 
 
 # ------------------------------------------------------------------ opt-in bf16

@@ -9,15 +9,14 @@
 #
 # A GPU machine that has PyTorch, transformers and pytest but not virnucpro's small readers
 # gets them as CPython 3.12 x86-64 wheels in .whl/ at the repository root: --fetch-wheels
-# downloads them there (keep .whl/ out of git, e.g. in .git/info/exclude, and carry it), and
+# downloads them there (the list is in wheels.sh; .whl/ is in .gitignore: carry it), and
 # a plain run installs whatever .whl/ holds into /tmp/site first. src/ is put on PYTHONPATH,
 # so virnucpro need not be installed. The interpreter is $PYTHON if set, else python3.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 py="${PYTHON:-$(command -v python3 || command -v python)}"
-# What the GPU machine's image lacks (dnaio and its needs), pinned as tested.
-wheels=(dnaio==1.2.4 xopen==2.1.0 isal==1.9.1 zlib-ng==1.1.0 backports.zstd==1.8.0)
+source "$root/benchmarks/wheels.sh"
 limit=230  # seconds: the hard stop for pytest, inside the 4 minutes
 
 install=1
@@ -26,21 +25,15 @@ while (($#)); do
     case "$1" in
         --no-install) install=0 ;;
         --log) log="$2"; shift ;;
-        --fetch-wheels)
-            exec "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-                --implementation cp --platform manylinux_2_28_x86_64 \
-                --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-                -d "$root/.whl" "${wheels[@]}" ;;
+        --fetch-wheels) fetch_wheels "$py"; exit ;;
         -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "gpu_tests.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
-if ((install)) && compgen -G ".whl/*.whl" >/dev/null; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+if ((install)); then
+    install_wheels "$py"
 fi
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,12 +89,12 @@ def test_gpu_check_cpu_tiny(tmp_path):
     out = tmp_path / "gpu.json"
     proc = _run(["bash", "benchmarks/gpu_check.sh", "--cpu-tiny", "--json", str(out)])
     for section in ("== env ==", "== setup ==", "== peak ==", "== dnabert ==", "== esm ==",
-                    "== e2e ==", "== summary (targets) =="):
+                    "== e2e ==", "== baseline ==", "== summary (targets) =="):
         assert section in proc.stdout, section
     assert "FAILED" not in proc.stdout and "SKIPPED" not in proc.stdout
     data = json.loads(out.read_text())
     assert data["mode"] == "cpu-tiny"
-    for name in ("setup", "peak", "dnabert", "esm", "e2e"):
+    for name in ("setup", "peak", "dnabert", "esm", "e2e", "baseline"):
         assert data[name]["status"] == "ok", (name, data[name]["status"])
     for name in ("dnabert", "esm"):
         assert data[name]["agreement_bf16_fp32"]["min_cosine"] > 0.99
@@ -106,7 +107,22 @@ def test_gpu_check_cpu_tiny(tmp_path):
     assert 100 <= data["e2e"]["frames"] == data["e2e"]["frames_in_input"] <= 140
     assert 0 < data["e2e"]["gpu_busy_stage_share"] <= 1
     assert 0 < data["e2e"]["startup_seconds"] < data["e2e"]["cli_wall_seconds"]
-    assert set(data["targets"]) == {"esm_mfu", "dnabert_mfu", "gpu_busy", "cosine"}
+    assert data["e2e"]["plan"] == {"dtype": "fp32", "dnabert_budget": 2048, "esm_budget": 4096}
+    # The budget a worker would choose here (bf16 on a CPU: fixed) is measured and marked.
+    dnabert = data["dnabert"]
+    assert dnabert["default_budget"] == 3072
+    assert {r["workload"] for r in dnabert["throughput"] if r["default"]} == labels
+    assert set(dnabert["default_mfu"]) == labels
+    # The original's loop ran over the same frames, with fair-esm (installed here).
+    base = data["baseline"]
+    assert base["esm_backend"] == "fair-esm"
+    assert base["frames"] == data["e2e"]["frames_in_input"]
+    assert base["stages"]["esm"]["sequences"] == base["frames"]
+    assert 0 < base["stages"]["dnabert"]["sequences"] <= base["frames"]
+    assert base["frames_per_s"] > 0 and base["ours_over_original"] > 0
+    assert set(data["targets"]) == {"esm_mfu", "dnabert_mfu", "gpu_busy", "cosine",
+                                    "vs_original"}
+    assert data["targets"]["vs_original"]["value"] == base["ours_over_original"]
 
 
 def _bench_module(name: str):
@@ -118,6 +134,98 @@ def _bench_module(name: str):
         return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_gpu_check_time_limits_agree():
+    """gpu_check.sh's hard stop sits behind gpu_check.py's own deadline, and the whole check
+    (with a few seconds to start Python) stays under 8 minutes, inside one device command."""
+    gpu_check = _bench_module("gpu_check")
+    script = (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    kill_after, hard_stop = map(int, re.search(r"timeout -k (\d+) (\d+) ", script).groups())
+    limit = gpu_check.TIME_LIMITS["gpu"]
+    assert limit + 20 <= hard_stop and hard_stop + kill_after + 30 <= 8 * 60
+    assert f"({limit} s)" in script  # the comment above it says which deadline
+
+
+# ------------------------------------------------------------------ the original's loop
+@pytest.fixture(scope="module")
+def fair_esm_dir(tmp_path_factory):
+    """A tiny fair-esm ESM2 (the reference), and the HF directory `convert_fair_esm` makes
+    of it (what `virnucpro predict` and gpu_check's baseline load)."""
+    pytest.importorskip("esm")
+    common = _bench_module("common")
+    from virnucpro.models.esm import convert_fair_esm
+
+    tmp = tmp_path_factory.mktemp("fair")
+    model, alphabet = common.fair_esm_checkpoint(common.ESM2_TINY, tmp / "esm2.pt", seed=3)
+    return model, alphabet, convert_fair_esm(tmp / "esm2.pt", tmp / "hf")
+
+
+def _frames():
+    common = _bench_module("common")
+    return (common.frames_of(common.stop_free_records(20, 500, seed=1), 500)
+            + common.frames_of(common.stop_free_records(20, 300, seed=2), 300))
+
+
+def test_original_batches_are_fair_esms():
+    esm_data = pytest.importorskip("esm.data")
+    baseline = _bench_module("baseline")
+    rng = np.random.default_rng(0)
+    proteins = ["M" * int(n) for n in rng.integers(1, 700, size=300)] + ["A" * 3000]
+    expected = esm_data.FastaBatchedDataset(
+        [str(i) for i in range(len(proteins))], proteins).get_batch_indices(
+            2048, extra_toks_per_seq=1)
+    assert baseline.original_batches(proteins) == expected
+
+
+@pytest.mark.parametrize("backend", ["fair-esm", "transformers", "auto without fair-esm"])
+def test_original_esm_from_the_hf_directory(fair_esm_dir, backend, monkeypatch):
+    """Read back from the HF directory, either backend gives what fair-esm's own model of
+    the original checkpoint gives, in the original's batches."""
+    baseline = _bench_module("baseline")
+    import torch
+
+    model, alphabet, hf_dir = fair_esm_dir
+    if backend.startswith("auto"):
+        monkeypatch.setitem(sys.modules, "esm", None)  # `import esm` fails
+    esm = baseline.original_esm(hf_dir, torch.device("cpu"), backend.split()[0])
+    assert esm.backend == ("fair-esm" if backend == "fair-esm"
+                           else "transformers (eager attention)")
+    frames = _frames()
+    got = baseline.baseline_esm(esm, frames)
+    ref = baseline.baseline_esm(baseline.fair_esm(model, alphabet), frames)
+    assert got["sequences"] == ref["sequences"] == len(frames)
+    assert got["batches"] == len(baseline.original_batches([f.protein for f in frames])) > 1
+    assert got["linear_weights"] == ref["linear_weights"]
+    torch.testing.assert_close(got["embeddings"], ref["embeddings"], rtol=0, atol=1e-5)
+    cut = baseline.baseline_esm(esm, frames, deadline=0.0)  # passed: one batch, then stop
+    first = baseline.original_batches([f.protein for f in frames])[0]
+    assert (cut["batches"], cut["sequences"]) == (1, len(first))
+
+
+def test_baseline_dnabert_is_ours_unbatched_and_stops_at_its_deadline(tmp_path):
+    """One sequence at a time with no mask gives what our batched, masked embedding gives;
+    a deadline already passed stops the loop after one sequence."""
+    baseline = _bench_module("baseline")
+    import torch
+
+    from virnucpro.models.dnabert import (
+        embed_dnabert,
+        load_dnabert,
+        load_dnabert_tokenizer,
+        tokenize_dna,
+    )
+    from virnucpro.testing import make_tiny_dnabert
+
+    model_dir = make_tiny_dnabert(tmp_path / "dnabert")
+    model, tok = load_dnabert(model_dir), load_dnabert_tokenizer(model_dir)
+    frames = _frames()
+    got = baseline.baseline_dnabert(model, tok, frames)
+    ours = embed_dnabert(model, tokenize_dna(tok, [f.nucleotide for f in frames]))
+    assert got["sequences"] == len(frames) and len(got["pieces"]) == len(frames)
+    torch.testing.assert_close(got["embeddings"], ours, rtol=0, atol=1e-5)
+    cut = baseline.baseline_dnabert(model, tok, frames, deadline=0.0)
+    assert cut["sequences"] == 1 and cut["tokens"] == got["lengths"][0]
 
 
 @pytest.mark.parametrize("source", ["input", "contigs"])

@@ -146,3 +146,81 @@ def test_default_budgets_on_cpu() -> None:
     assert devices.free_memory(torch.device("cpu")) is None  # so a CPU worker proposes:
     assert devices.ESM_BUDGET_CPU == 4096
     assert (devices.DNABERT_BUDGET_DEFAULT, devices.DNABERT_BUDGET_BF16) == (2048, 3072)
+
+
+def reference_dnabert_budget(free: int, itemsize: int, floor: int, row_tokens: int = 512) -> int:
+    """The documented DNABERT-S rule, spelled out: per token, the GeGLU moment of a layer
+    (768 + 2 x 3072 + 3072 + 3072 values) and 3 x 12 x T values of attention bias, scores
+    and softmax in the compute dtype, plus the bias's float32 copy while it is built."""
+    usable = (free - GIB) * 8 // 10
+    per_token = itemsize * (768 + 2 * 3072 + 3072 + 3072 + 3 * 12 * row_tokens) \
+        + 4 * 12 * row_tokens
+    tokens = max(usable, 0) // per_token
+    tokens -= tokens % 256
+    return min(max(tokens, floor), 65536)
+
+
+@pytest.mark.parametrize(("free", "itemsize", "floor", "expected"), [
+    (133 * GIB, 2, 3072, 65536),  # an H200 in bf16 with both models loaded: the ceiling
+    (133 * GIB, 4, 2048, 65536),  # the same in fp32
+    (9 * GIB, 2, 3072, 65536),  # a 16 GB card in bf16 (ESM-2 3B 5.7 GB): 78,489 -> ceiling
+    (3 * GIB, 4, 2048, 11264),  # a 16 GB card in fp32 (ESM-2 3B 11.4 GB): 11,413 -> 11,264
+    (3 * GIB, 2, 3072, 19456),  # 19,622 -> 19,456
+    (GIB + (200 << 20), 2, 3072, 3072),  # nearly full: 1,916 tokens -> the bf16 floor
+    (GIB + (200 << 20), 4, 2048, 2048),  # the fp32 floor
+    (GIB // 2, 4, 2048, 2048),  # less than the overhead: the floor, never negative
+])
+def test_dnabert_token_budget(free: int, itemsize: int, floor: int, expected: int) -> None:
+    assert reference_dnabert_budget(free, itemsize, floor) == expected
+    assert devices.dnabert_token_budget_for(free, itemsize, floor) == expected
+
+
+def test_dnabert_token_budget_scales_with_row_length_and_shape() -> None:
+    free = 3 * GIB
+    short = devices.dnabert_token_budget_for(free, 4, 2048, row_tokens=128)
+    assert short == reference_dnabert_budget(free, 4, 2048, row_tokens=128) == 22272
+    assert short > devices.dnabert_token_budget_for(free, 4, 2048)  # T = 512
+    # A model twice as wide with twice the heads needs about twice the memory per token.
+    wide = devices.dnabert_token_budget_for(free, 4, 2048, hidden_size=1536, heads=24,
+                                            intermediate_size=6144)
+    assert wide == 5632
+
+
+def _fake_models(device: str, dtype: str, share: int = 1):
+    """What `propose_budgets` reads of a worker's models: device, dtype, configs, share."""
+    from types import SimpleNamespace
+
+    from virnucpro.models.dnabert import DnaBertConfig
+    from virnucpro.runtime.worker import Settings, WorkerSpec
+
+    dna_cfg = DnaBertConfig(vocab_size=4096, hidden_size=768, num_hidden_layers=12,
+                            num_attention_heads=12, intermediate_size=3072, type_vocab_size=2,
+                            layer_norm_eps=1e-12, pad_token_id=0)
+    spec = WorkerSpec("dna", "esm", None, device, 1, share=share)
+    return SimpleNamespace(dnabert=SimpleNamespace(config=dna_cfg),
+                           esm=SimpleNamespace(config=SimpleNamespace(hidden_size=2560)),
+                           device=torch.device(device), spec=spec,
+                           settings=Settings(dtype, 0, 0))
+
+
+@pytest.mark.parametrize(("dtype", "free", "share", "expected"), [
+    ("bf16", 133 * GIB, 1, {"dnabert_budget": 65536, "esm_budget": 65536}),
+    ("fp32", 3 * GIB, 1, {"dnabert_budget": 11264, "esm_budget": 5120}),
+    ("bf16", 6 * GIB, 2, {"dnabert_budget": 19456, "esm_budget": 10240}),  # 3 GiB each
+    ("bf16", GIB, 1, {"dnabert_budget": 3072, "esm_budget": 2048}),
+    ("fp16", GIB, 1, {"dnabert_budget": 2048, "esm_budget": 2048}),
+])
+def test_worker_proposes_dnabert_budget_from_free_memory_on_cuda(monkeypatch, dtype, free,
+                                                                  share, expected) -> None:
+    from virnucpro.runtime import worker
+
+    monkeypatch.setattr(worker, "free_memory", lambda device: free)
+    assert worker.propose_budgets(_fake_models("cuda:0", dtype, share)) == expected
+
+
+@pytest.mark.parametrize(("dtype", "dnabert"), [("fp32", 2048), ("bf16", 3072)])
+def test_worker_keeps_fixed_budgets_on_cpu(dtype: str, dnabert: int) -> None:
+    from virnucpro.runtime import worker
+
+    assert worker.propose_budgets(_fake_models("cpu", dtype)) == \
+        {"dnabert_budget": dnabert, "esm_budget": 4096}

@@ -2,9 +2,9 @@
 
 Imported by the runtime only (never by `--help` or `translate`), so torch is imported here
 at the top. The rules are pure functions of plain values (`parse_devices`, `dtype_for`,
-`common_precision`, `esm_token_budget_for`) so they are testable without a GPU. What needs
-the device itself (`describe_device`, `free_memory`) runs in the workers: the parent
-process never creates a CUDA context.
+`common_precision`, `esm_token_budget_for`, `dnabert_token_budget_for`) so they are
+testable without a GPU. What needs the device itself (`describe_device`, `free_memory`)
+runs in the workers: the parent process never creates a CUDA context.
 """
 
 from __future__ import annotations
@@ -20,9 +20,15 @@ from virnucpro.errors import VirnucproError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# DNABERT-S tokens per batch; bf16 halves activation memory, so more fit.
+# DNABERT-S tokens per batch on a CPU, and the floor on a GPU; bf16 halves activation memory,
+# so more fit.
 DNABERT_BUDGET_DEFAULT = 2048
 DNABERT_BUDGET_BF16 = 3072
+# On an H200, 2,048-3,072 tokens kept DNABERT-S at 4-14% MFU, 65,536 at 35-38%.
+DNABERT_BUDGET_MAX = 65536
+# The longest row `dnabert_token_budget_for` provisions for: DNABERT-S's 512-token context.
+# A 500 bp chunk is at most 502 tokens (one per base, [CLS], [SEP]); real ones are ~110.
+DNABERT_ROW_TOKENS = 512
 # ESM-2 tokens per batch.
 ESM_BUDGET_CPU = 4096
 ESM_BUDGET_MIN = 2048  # the original's batch size (toks_per_batch=2048)
@@ -158,6 +164,35 @@ def esm_token_budget_for(free_bytes: int, dtype_bytes: int, n_params: int,
     per_token = 32 * hidden_size * dtype_bytes
     budget = int(max(usable, 0) // per_token) // 256 * 256
     return max(ESM_BUDGET_MIN, min(ESM_BUDGET_MAX, budget))
+
+
+def dnabert_token_budget_for(free_bytes: int, dtype_bytes: int, floor: int, *,
+                             hidden_size: int = 768, heads: int = 12,
+                             intermediate_size: int = 3072,
+                             row_tokens: int = DNABERT_ROW_TOKENS) -> int:
+    """DNABERT-S tokens per batch (rows x longest row) that fit in `free_bytes` of GPU memory,
+    with the model already loaded.
+
+    Rule: usable = 0.8 * (free - 1 GiB), as for ESM-2 (`esm_token_budget_for`). Per token:
+    - layer activations, one layer alive at a time; the widest moment is the GeGLU: its input
+      (d), the gated layer's output (2 I wide), GELU of the gate (I) and the product (I), so
+      d + 4 I values in the compute dtype (13,056 for d = 768, I = 3072);
+    - the attention bias `DnaBert.attention_bias` builds, [B, heads, T, T] in the compute
+      dtype, alive through the whole forward: heads x T values per token (B x T tokens). While
+      it is built a float32 copy exists too (4 bytes each), and where SDPA has no fused kernel
+      for a float bias, each layer also holds the scores and their softmax (2 x heads x T).
+    So per token: dtype_bytes * (d + 4 I + 3 heads T) + 4 heads T bytes, with T = `row_tokens`,
+    the longest row provisioned for (87.5 KB in bf16, 150.5 KB in fp32 for DNABERT-S at
+    T = 512). A longer row (a chunk size above ~500 bp of hard-to-merge sequence) needs more;
+    if it does not fit, the worker's out-of-memory fallback splits the batch. The result is
+    rounded down to a multiple of 256 and clamped to [floor, DNABERT_BUDGET_MAX].
+    """
+    usable = 0.8 * (free_bytes - _GIB)
+    attention = heads * row_tokens
+    per_token = (dtype_bytes * (hidden_size + 4 * intermediate_size + 3 * attention)
+                 + 4 * attention)
+    budget = int(max(usable, 0) // per_token) // 256 * 256
+    return max(floor, min(DNABERT_BUDGET_MAX, budget))
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -25,6 +25,7 @@ from virnucpro.runtime.devices import (
     DNABERT_BUDGET_BF16,
     DNABERT_BUDGET_DEFAULT,
     ESM_BUDGET_CPU,
+    dnabert_token_budget_for,
     esm_token_budget_for,
     free_memory,
     torch_dtype,
@@ -127,6 +128,10 @@ def propose_budgets(models: Models) -> dict[str, int]:
     hidden = int(models.esm.config.hidden_size)
     # The weights are already loaded, so they are not subtracted again (n_params=0).
     esm = esm_token_budget_for(free // models.spec.share, itemsize, 0, hidden)
+    cfg = models.dnabert.config  # the CPU figure above is the floor on a GPU
+    dna = dnabert_token_budget_for(free // models.spec.share, itemsize, dna,
+                                   hidden_size=cfg.hidden_size, heads=cfg.num_attention_heads,
+                                   intermediate_size=cfg.intermediate_size)
     return {"dnabert_budget": dna, "esm_budget": esm}
 
 
