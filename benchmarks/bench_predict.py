@@ -156,7 +156,7 @@ def measure_models(m: dict[str, Any], frames: list[Any], peak: float,
     secs = dnabert["seconds"] + esm_row["seconds"]
     return {"dnabert": dnabert, "esm": esm_row, "frames_per_s": len(frames) / secs,
             "dnabert_emb": dna_emb, "esm_emb": esm_emb,
-            "linear_kernel": type(models.esm.encoder.layer[0].output.dense).__name__}
+            "linear_kernel": type(models.esm.encoder.layer[0].ffn_out).__name__}
 
 
 def _measure(embed: Any, model: Any, ids: list[list[int]], budget: int, shape: C.Shape,

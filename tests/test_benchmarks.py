@@ -89,12 +89,12 @@ def test_gpu_check_cpu_tiny(tmp_path):
     out = tmp_path / "gpu.json"
     proc = _run(["bash", "benchmarks/gpu_check.sh", "--cpu-tiny", "--json", str(out)])
     for section in ("== env ==", "== setup ==", "== peak ==", "== dnabert ==", "== esm ==",
-                    "== e2e ==", "== baseline ==", "== summary (targets) =="):
+                    "== compile ==", "== e2e ==", "== baseline ==", "== summary (targets) =="):
         assert section in proc.stdout, section
     assert "FAILED" not in proc.stdout and "SKIPPED" not in proc.stdout
     data = json.loads(out.read_text())
     assert data["mode"] == "cpu-tiny"
-    for name in ("setup", "peak", "dnabert", "esm", "e2e", "baseline"):
+    for name in ("setup", "peak", "dnabert", "esm", "compile", "e2e", "baseline"):
         assert data[name]["status"] == "ok", (name, data[name]["status"])
     for name in ("dnabert", "esm"):
         assert data[name]["agreement_bf16_fp32"]["min_cosine"] > 0.99
@@ -107,7 +107,15 @@ def test_gpu_check_cpu_tiny(tmp_path):
     assert 100 <= data["e2e"]["frames"] == data["e2e"]["frames_in_input"] <= 140
     assert 0 < data["e2e"]["gpu_busy_stage_share"] <= 1
     assert 0 < data["e2e"]["startup_seconds"] < data["e2e"]["cli_wall_seconds"]
-    assert data["e2e"]["plan"] == {"dtype": "fp32", "dnabert_budget": 2048, "esm_budget": 4096}
+    assert data["e2e"]["plan"] == {"dtype": "fp32", "dnabert_budget": 2048, "esm_budget": 4096,
+                                   "compile": False}  # the smoke run's e2e does not compile
+    assert data["e2e"]["cold"]["frames"] < data["e2e"]["frames"]
+    # Both models were measured eager, then compiled as a worker compiles them, agreeing.
+    compiled = data["compile"]
+    assert compiled["report"]["compiled"] is True
+    for name in ("dnabert", "esm"):
+        assert compiled[f"{name}_eager"]["tokens_per_s"] > 0
+        assert compiled[f"{name}_compiled"]["min_cosine_vs_eager"] > 0.999
     # The budget a worker would choose here (bf16 on a CPU: fixed) is measured and marked.
     dnabert = data["dnabert"]
     assert dnabert["default_budget"] == 3072
@@ -120,9 +128,14 @@ def test_gpu_check_cpu_tiny(tmp_path):
     assert base["stages"]["esm"]["sequences"] == base["frames"]
     assert 0 < base["stages"]["dnabert"]["sequences"] <= base["frames"]
     assert base["frames_per_s"] > 0 and base["ours_over_original"] > 0
-    assert set(data["targets"]) == {"esm_mfu", "dnabert_mfu", "gpu_busy", "cosine",
-                                    "vs_original"}
+    assert set(data["targets"]) == {
+        "esm_mfu_compiled", "esm_stage_mfu", "dnabert_default_mfu", "frames_per_s_after_startup",
+        "frames_per_s_warm_run", "gpu_busy_after_startup", "startup_without_compile_s", "cosine",
+        "vs_original"}
     assert data["targets"]["vs_original"]["value"] == base["ours_over_original"]
+    assert data["targets"]["esm_mfu_compiled"]["value"] == compiled["esm_compiled"]["mfu"]
+    assert data["targets"]["startup_without_compile_s"]["met"] == (
+        data["e2e"]["startup_seconds"] <= 5.0)
 
 
 def _bench_module(name: str):
