@@ -14,7 +14,8 @@ RUNS = {  # name -> what that run asks for
     # One thread: tiny models gain nothing from more, and lose much where cores are busy.
     "cpu-fp32": ("--device", "cpu", "--precision", "fp32", "--threads", "1"),
     "cuda-fp32": ("--device", "cuda", "--precision", "fp32"),
-    "cuda": ("--device", "cuda"),  # the default precision
+    "cuda": ("--device", "cuda"),  # the default precision, layers compiled (the default)
+    "cuda-eager": ("--device", "cuda", "--no-compile"),
     "cuda-2-workers": ("--device", "cuda", "--workers", "2"),
 }
 

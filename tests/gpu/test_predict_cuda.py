@@ -83,6 +83,25 @@ def test_default_precision_against_fp32(runs):
     assert agreement >= 0.9
 
 
+def test_a_gpu_run_compiles_by_default_and_agrees_with_eager(runs):
+    """(h) On a GPU the layers are compiled by default (`--compile`), once, at start-up; the
+    scores agree with an uncompiled run to within the precision's rounding."""
+    compiled, eager = runs.get("cuda"), runs.get("cuda-eager")
+    plan, worker = _plan(compiled), _plan(compiled)["workers"][0]
+    assert plan["compile"] is True and _plan(eager)["compile"] is False
+    assert plan["dtype"] == _plan(eager)["dtype"]
+    calls, calls_eager = (_column(o, "chunks.tsv", "call") for o in (compiled, eager))
+    changed = sum(calls[k] != calls_eager[k] for k in calls)
+    s, se = (_column(o, "prediction_results.txt", "score2") for o in (compiled, eager))
+    worst = max(abs(float(s[k]) - float(se[k])) for k in s)
+    print(f"(h) compiled on {worker['name']}: {worker.get('compiled')} in "
+          f"{worker.get('compile_seconds')} s ({worker.get('compile_error', 'no error')}); "
+          f"vs --no-compile in {plan['dtype']}: {changed} of {len(calls)} chunk calls changed, "
+          f"largest frame-score difference {worst:.1e}")
+    assert worker["compiled"] is True, worker.get("compile_error")
+    assert changed <= 0.02 * len(calls) and worst <= 0.05
+
+
 def test_a_gpu_run_leaves_no_cuda_context_in_the_caller(runs):
     """Every run of this session is made in-process by `cli.main`; the workers own the GPU."""
     out = runs.get("cuda")
