@@ -40,7 +40,8 @@ _EMBEDDING_OPTIONS = [
                  help="Worker processes [default: one per selected GPU, or 1 on CPU]."),
     click.option("--dnabert-batch-size", "dnabert_budget", type=click.IntRange(min=1),
                  default=None, metavar="TOKENS",
-                 help="DNABERT-S tokens per batch [default: 2048, or 3072 in bf16]."),
+                 help="DNABERT-S tokens per batch [default: 2048 on CPU, 3072 in bf16; on a "
+                      "GPU, from its free memory, see the README]."),
     click.option("--esm-batch-size", "esm_budget", type=click.IntRange(min=1), default=None,
                  metavar="TOKENS", help="ESM-2 tokens per batch [default: 4096 on CPU; on a "
                                         "GPU, from its free memory, see the README]."),
