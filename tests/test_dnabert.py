@@ -299,6 +299,19 @@ def test_tiny_model_loads_strictly(tiny_dir: Path) -> None:
     assert all(torch.equal(sd[k], v) for k, v in tiny_state(tiny_dir).items())
 
 
+def test_loads_in_the_asked_dtype_with_nothing_left_unloaded(tiny_dir: Path) -> None:
+    """Built on the meta device and filled from the file: every tensor is real, in the asked
+    dtype, equal to the file's (rounded); the ALiBi slopes, not in the file, are fp32."""
+    model = load_dnabert(tiny_dir, dtype=torch.bfloat16)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert not any(t.is_meta for t in tensors.values())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.alibi_slopes.dtype == torch.float32
+    assert model.alibi_slopes.tolist() == pytest.approx(alibi_slopes(4))
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], v.to(torch.bfloat16)) for k, v in tiny_state(tiny_dir).items())
+
+
 def test_dnabert2_style_checkpoint_loads(tiny_dir: Path, tmp_path: Path) -> None:
     # BertForMaskedLM: `bert.` prefix, an MLM head under `cls.`, and no pooler.
     state = {f"bert.{k}": v for k, v in tiny_state(tiny_dir).items() if not k.startswith("pooler.")}

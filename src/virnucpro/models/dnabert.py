@@ -224,21 +224,32 @@ def load_dnabert_config(model_dir: Path) -> DnaBertConfig:
 def load_dnabert(
     model_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> DnaBert:
-    """Build DNABERT-S from a local directory (config.json + weights), strictly, in eval mode."""
+    """Build DNABERT-S from a local directory (config.json + weights), strictly, in eval mode.
+
+    The weights are read straight onto `device` and cast there; the network is built without
+    weights of its own (on the meta device), so nothing is initialised only to be replaced
+    and no full fp32 copy is made in host memory for a GPU run."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"{model_dir}: DNABERT-S model directory not found")
     cfg = load_dnabert_config(model_dir)
-    path, state = _read_weights(model_dir)
+    device = torch.device(device)
+    path, state = _read_weights(model_dir, device)
     state = _strip_mlm_wrapper(state)
-    model = DnaBert(cfg, add_pooler=any(k.startswith("pooler.") for k in state))
+    with torch.device("meta"):
+        model = DnaBert(cfg, add_pooler=any(k.startswith("pooler.") for k in state))
     _check_keys(model, state, path)
-    model.load_state_dict(state, strict=True)
-    return model.to(device=device, dtype=dtype).eval()
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    # Not in the checkpoint: made afresh on the device (fp32, as attention_bias wants them).
+    model.alibi_slopes = torch.tensor(alibi_slopes(cfg.num_attention_heads),
+                                      dtype=torch.float32, device=device)
+    return model.eval()
 
 
-def _read_weights(model_dir: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    """Prefer safetensors; the hub's pickle is read with `weights_only=True` (no code runs)."""
+def _read_weights(model_dir: Path, device: torch.device) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Prefer safetensors; the hub's pickle is read with `weights_only=True` (no code runs).
+    The tensors are put on `device` as they are read."""
     for path in (model_dir / SAFETENSORS_FILE, model_dir / TORCH_FILE):
         if path.is_file():
             break
@@ -248,9 +259,9 @@ def _read_weights(model_dir: Path) -> tuple[Path, dict[str, torch.Tensor]]:
         if path.name == SAFETENSORS_FILE:
             from safetensors.torch import load_file
 
-            state = load_file(path, device="cpu")
+            state = load_file(path, device=str(device))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # a corrupt file, or a pickle that is not a plain state dict
         raise ModelError(f"{path}: cannot read DNABERT-S weights: {_first_line(exc)}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
