@@ -114,8 +114,8 @@ def load_esm(model_dir: Path, device: str | torch.device = "cpu",
     missing = sorted(k for k in report["missing_keys"] if not k.startswith("contact_head."))
     if missing:
         raise ModelError(f"{model_dir}: ESM-2 weights missing: {', '.join(missing)}")
-    use_inference_layers(model)
-    return model.to(device).eval(), tokenizer
+    # On the device first: q, k and v are then stacked there, not in host memory.
+    return use_inference_layers(model.to(device).eval()), tokenizer
 
 
 class EsmInferenceLayer(nn.Module):
@@ -149,8 +149,9 @@ class EsmInferenceLayer(nn.Module):
         """The same layer, holding `layer`'s weights (q/k/v stacked into one new tensor)."""
         attn = layer.attention.self
         hidden = attn.query.in_features
-        new = cls(hidden, attn.num_attention_heads, layer.intermediate.dense.out_features,
-                  layer.LayerNorm.eps).to(device="meta")
+        with torch.device("meta"):  # no weights of its own: they are layer's
+            new = cls(hidden, attn.num_attention_heads, layer.intermediate.dense.out_features,
+                      layer.LayerNorm.eps)
         new.attn_norm = layer.attention.LayerNorm
         new.attn_out = layer.attention.output.dense
         new.ffn_norm = layer.LayerNorm
