@@ -190,9 +190,7 @@ def time_linears(linear: nn.Linear, seconds: float = _PROBE_SECONDS,
     `linear`'s weights, on 512 random rows (256 for the widest layers); returns
     `(blas, onednn, rows)`. The two run in turn, so a burst of other load hits both, until
     `seconds` is spent, at least 3 rounds after a warm-up (oneDNN builds its kernel there)."""
-    k, n = linear.in_features, linear.out_features
-    low, high = _PROBE_ROWS
-    rows = high if 2 * high * k * n <= _PROBE_FLOPS else low
+    k, rows = linear.in_features, probe_rows(linear.in_features, linear.out_features)
     fast = _as_onednn(linear)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(rows, k, generator=gen).to(linear.weight.dtype)  # [M, K]
@@ -209,6 +207,12 @@ def time_linears(linear: nn.Linear, seconds: float = _PROBE_SECONDS,
                 best[i] = min(best[i], time.perf_counter() - t0)
             rounds += 1
     return best[0], best[1], rows
+
+
+def probe_rows(in_features: int, out_features: int) -> int:
+    """Rows `time_linears` times a layer on: 512, or 256 where that is over _PROBE_FLOPS."""
+    low, high = _PROBE_ROWS
+    return high if 2 * high * in_features * out_features <= _PROBE_FLOPS else low
 
 
 def _blas_name() -> str:
