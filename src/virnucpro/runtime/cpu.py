@@ -14,12 +14,13 @@ linears), computes the same fp32 product: both are IEEE fp32 with fp32 accumulat
 results differ only by summation order (~1e-6). Which is faster depends on the CPU, not in a
 way a vendor name predicts: on the 2-core Zen 5 machine where this path was first measured MKL
 takes a generic path (~210 GFLOP/s) and oneDNN reaches ~450 GFLOP/s; on a 2-vCPU Emerald
-Rapids VM MKL's peak is ~10% above oneDNN's, and at the models' shapes the two are within a
-few percent of each other. So a CPU worker times both on each model's widest linear layer
-when it starts (`time_linears`, well under a second) and moves that model's linears to oneDNN
-only when oneDNN is faster by `_MARGIN` (`faster_linears`); run.json records both times and
-the choice under `plan.workers[].cpu_linears`. bf16 linears go to oneDNN without timing: with
-PyTorch's implicit oneDNN use switched off (below), `F.linear` in bf16 has no fast kernel.
+Rapids VM MKL's peak is ~10% above oneDNN's, and whole models run faster on MKL (DNABERT-S by
+12%, ESM-2 150M by 3-9%). So a CPU worker times both on each model's widest linear layer when
+it starts (`time_linears`: ~0.3 s for both models on 2 cores) and moves that model's linears
+to oneDNN only when oneDNN is faster by `_MARGIN` (`faster_linears`); run.json records both
+times and the choice under `plan.workers[].cpu_linears`. bf16 linears go to oneDNN untimed:
+with PyTorch's implicit oneDNN use switched off (below), `F.linear` in bf16 falls back to a
+kernel ~30x slower.
 
 oneDNN compiles and caches a kernel, with buffers of its own, for every input shape it
 meets, and keeps up to 1024 of them: a few MiB each, so batches of ever-new sizes would grow
