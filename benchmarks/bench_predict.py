@@ -156,7 +156,7 @@ def measure_models(m: dict[str, Any], frames: list[Any], peak: float,
     secs = dnabert["seconds"] + esm_row["seconds"]
     return {"dnabert": dnabert, "esm": esm_row, "frames_per_s": len(frames) / secs,
             "dnabert_emb": dna_emb, "esm_emb": esm_emb,
-            "linear_kernel": type(models.esm.encoder.layer[0].ffn_out).__name__}
+            "cpu_linears": models.cpu_linears}
 
 
 def _measure(embed: Any, model: Any, ids: list[list[int]], budget: int, shape: C.Shape,
@@ -326,7 +326,8 @@ def report(r: dict[str, Any]) -> None:
           f"{C.fmt_flops(peak['flops'])} (the MFU denominator)")
     print(f"  sustained (median of back-to-back {peak['kernel']} over several seconds): "
           f"{C.fmt_flops(peak['sustained_flops'])}")
-    print(f"  our CPU workers' linear layers: {r['models']['linear_kernel']}")
+    print("  our CPU linears (timed at load, as a worker does): " + "; ".join(
+        f"{name} {_linears(choice)}" for name, choice in r["models"]["cpu_linears"].items()))
     report_models(r)
     report_e2e(r)
     print("== agreement, ours vs baseline (same weights, fp32) ==")
@@ -412,6 +413,14 @@ def report_bf16(r: dict[str, Any]) -> None:
     print(f"  random classifier calibrated to call half virus: same call as fp32 on "
           f"{C.fmt_pct(c['same_call'])} of {c['frames']} frames, max |score diff| "
           f"{c['max_abs_score_diff']:.3g}")
+
+
+def _linears(choice: dict[str, Any]) -> str:
+    if "blas_ms" not in choice:
+        return choice["kernel"]
+    rows, k, n = choice["timed_shape"]
+    return (f"{choice['kernel']} ({rows}x{k}->{n}: MKL {choice['blas_ms']:.2f} ms, oneDNN "
+            f"{choice['onednn_ms']:.2f} ms)")
 
 
 def _load(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""oneDNN fp32 linears: same products as nn.Linear, same parameters, used by CPU workers."""
+"""oneDNN fp32 linears: same products as nn.Linear, same parameters, used by CPU workers
+where timing at start finds them faster than MKL."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from torch import nn
 import virnucpro.runtime.cpu as onednn
 from virnucpro.models.dnabert import embed_dnabert, load_dnabert
 from virnucpro.models.esm import embed_esm, load_esm
-from virnucpro.runtime.cpu import OneDnnLinear, onednn_linear_works, row_blocks, use_onednn_linears
-from virnucpro.runtime.worker import Settings, WorkerSpec, load_models
+from virnucpro.runtime.cpu import (
+    OneDnnLinear,
+    choose_cpu_linears,
+    faster_linears,
+    onednn_linear_works,
+    row_blocks,
+    time_linears,
+    use_onednn_linears,
+)
 
 needs_onednn = pytest.mark.skipif(not onednn_linear_works(),
                                   reason="no oneDNN linear op on this machine")
@@ -72,15 +80,50 @@ def test_models_give_the_same_embeddings_through_onednn(tiny_models):
     assert dna_diff.abs().max() <= 1e-5 and esm_diff.abs().max() <= 1e-5
 
 
-def test_cpu_worker_uses_onednn_where_it_works(tiny_models):
-    spec = WorkerSpec(dnabert_dir=str(tiny_models.dnabert_dir), esm_dir=str(tiny_models.esm_dir),
-                      classifier_path=None, device="cpu", threads=1)
-    models = load_models(spec, Settings("fp32", 512, 512))
-    kinds = {type(m) for net in (models.dnabert, models.esm) for m in net.modules()}
-    if onednn_linear_works():
-        assert OneDnnLinear in kinds and nn.Linear not in kinds
-    else:
-        assert OneDnnLinear not in kinds and nn.Linear in kinds
+@pytest.mark.parametrize(("blas", "onednn", "expected"), [
+    (1.0, 0.5, "onednn"), (1.0, 0.94, "onednn"), (1.0, 0.96, "blas"), (1.0, 1.0, "blas"),
+    (1.0, 1.3, "blas"), (2e-3, 1.8e-3, "onednn"),
+])
+def test_onednn_only_when_faster_by_the_margin(blas, onednn, expected):
+    assert faster_linears(blas, onednn) == expected
+    assert faster_linears(1.0, 0.9, margin=0.2) == "blas"
+
+
+@needs_onednn
+def test_time_linears_times_both_kernels_briefly():
+    import time
+
+    linear = nn.Linear(640, 2560)  # ESM-2 150M's feed-forward
+    t0 = time.perf_counter()
+    blas, fast, rows = time_linears(linear, seconds=0.05)
+    assert time.perf_counter() - t0 < 2.0  # a few products (0.3 s on 2 quiet cores)
+    assert blas > 0 and fast > 0 and rows == 512
+    assert onednn.probe_rows(768, 6144) == 512  # DNABERT-S's gated MLP
+    assert onednn.probe_rows(2560, 10240) == 256  # ESM-2 3B's feed-forward: fewer rows
+    assert type(linear) is nn.Linear and linear.weight.requires_grad  # timing moves nothing
+
+
+@needs_onednn
+@pytest.mark.parametrize(("timings", "kernel", "kind"), [
+    ((1e-3, 5e-4, 256), "onednn", OneDnnLinear), ((1e-3, 1e-3, 256), "mkl", nn.Linear)])
+def test_choose_cpu_linears_follows_the_timing(timings, kernel, kind, monkeypatch):
+    monkeypatch.setattr(onednn, "time_linears", lambda linear: timings)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    model = nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+    record = choose_cpu_linears({"net": model})
+    assert record == {"net": {"kernel": kernel, "timed_shape": [256, 8, 32],
+                              "blas_ms": 1.0, "onednn_ms": timings[1] * 1e3}}
+    assert {type(m) for m in model if not isinstance(m, nn.GELU)} == {kind}
+    assert not any(p.requires_grad for p in model.parameters())
+    assert not torch.backends.mkldnn.enabled  # whichever kernel: no implicit oneDNN
+
+
+@needs_onednn
+def test_bf16_linears_go_to_onednn_untimed(monkeypatch):
+    monkeypatch.setattr(onednn, "time_linears", lambda linear: pytest.fail("timed bf16"))
+    model = nn.Sequential(nn.Linear(8, 8)).to(torch.bfloat16)
+    expected = "onednn" if onednn_linear_works(torch.bfloat16) else "mkl"
+    assert choose_cpu_linears({"net": model}) == {"net": {"kernel": expected}}
 
 
 def test_other_machines_keep_nn_linear(monkeypatch):

@@ -104,6 +104,10 @@ def test_plan_is_recorded_in_run_json(tiny_models, tmp_path):
     assert [w["device"] for w in plan["workers"]] == ["cpu", "cpu"]
     assert all(w["proposed"] == {"dnabert_budget": 2048, "esm_budget": 4096}
                for w in plan["workers"])
+    # Each CPU worker timed MKL against oneDNN and recorded which each model's linears use.
+    for w in plan["workers"]:
+        assert set(w["cpu_linears"]) == {"dnabert", "esm"}
+        assert {c["kernel"] for c in w["cpu_linears"].values()} <= {"mkl", "onednn", "blas"}
     assert run["params"]["precision"] == "auto"
 
 
@@ -155,7 +159,8 @@ def test_an_in_process_run_leaves_the_process_as_it_was(tiny_models, tmp_path, m
     def not_here(*_a, **_k):
         raise AssertionError("a process-wide setting was changed in the caller's process")
 
-    for name in ("keep_freed_buffers", "apply_process_settings", "use_onednn_linears"):
+    for name in ("keep_freed_buffers", "apply_process_settings", "use_onednn_linears",
+                 "choose_cpu_linears"):
         monkeypatch.setattr(cpu, name, not_here)
     root = logging.getLogger()
     before = (torch.get_num_threads(), torch.get_num_interop_threads(),

@@ -18,7 +18,7 @@ import virnucpro.models.esm
 from virnucpro.frames import iter_record_frames
 from virnucpro.reader import read_records
 from virnucpro.runtime.batching import iter_units
-from virnucpro.runtime.worker import Settings, WorkerSpec, load_models, score_unit
+from virnucpro.runtime.worker import Settings, WorkerSpec, load_models, prepare_models, score_unit
 
 
 def one_unit(path: Path):
@@ -157,3 +157,25 @@ def test_embed_only_mode_returns_features(tiny_models, unit):
         r = score_unit(_models(tiny_models, classifier=None), unit)
     assert r.scores.shape == (unit.n_frames, 0)
     assert r.embeddings is not None and r.embeddings.shape == (unit.n_frames, 64)
+
+
+@pytest.mark.parametrize("onednn_faster", [True, False])
+def test_a_cpu_worker_reports_its_linear_kernels(tiny_models, monkeypatch, onednn_faster):
+    """The timing at start picks each model's kernel; the choice goes to run.json's plan."""
+    from torch import nn
+
+    import virnucpro.runtime.cpu as cpu
+
+    if not cpu.onednn_linear_works():
+        pytest.skip("no oneDNN linear op on this machine")
+    monkeypatch.setattr(cpu, "time_linears",
+                        lambda linear: (2e-3, 1e-3 if onednn_faster else 3e-3, 256))
+    spec = WorkerSpec(dnabert_dir=str(tiny_models.dnabert_dir), esm_dir=str(tiny_models.esm_dir),
+                      classifier_path=None, device="cpu", threads=1)
+    models, report = prepare_models(spec, Settings("fp32", 512, 512))
+    kernel = "onednn" if onednn_faster else "mkl"
+    assert {name: choice["kernel"] for name, choice in report["cpu_linears"].items()} == {
+        "dnabert": kernel, "esm": kernel}
+    kinds = {type(m) for net in (models.dnabert, models.esm) for m in net.modules()
+             if isinstance(m, nn.Linear)}
+    assert kinds == {cpu.OneDnnLinear if onednn_faster else nn.Linear}

@@ -228,6 +228,9 @@ def settle_plan(start: Settings, request: Request, recorded: Plan | None,
     for w in workers:
         compiled = (f"layers compiled in {w['compile_seconds']:.1f} s" if w.get("compiled")
                     else "layers not compiled")
+        if w.get("cpu_linears"):
+            compiled += ", linears " + ", ".join(f"{name} {choice['kernel']}"
+                                                 for name, choice in w["cpu_linears"].items())
         log.info("worker on %s (%s): %s, DNABERT-S batch %d tokens, ESM-2 batch %d tokens, "
                  "%d threads, %s", w["device"], w.get("name") or "?", settings.dtype,
                  settings.dnabert_budget, settings.esm_budget, threads, compiled)

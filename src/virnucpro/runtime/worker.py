@@ -82,38 +82,42 @@ class Models:
     spec: WorkerSpec
     settings: Settings
     oom_logged: bool = False
+    cpu_linears: dict[str, Any] | None = None  # the kernels choose_cpu_linears picked (cpu.py)
 
 
 def load_models(spec: WorkerSpec, settings: Settings) -> Models:
     """The three models on the worker's device, in the run's dtype (the classifier in fp32).
-    With `settings.compile` the CPU linears stay PyTorch's: the compiler picks their kernels."""
+    On a CPU the linears go to the faster of MKL and oneDNN, timed here (`choose_cpu_linears`);
+    with `settings.compile` they stay PyTorch's: the compiler picks their kernels."""
     from virnucpro.models.classifier import load_classifier
     from virnucpro.models.dnabert import load_dnabert, load_dnabert_tokenizer
     from virnucpro.models.esm import load_esm
-    from virnucpro.runtime.cpu import use_onednn_linears
+    from virnucpro.runtime.cpu import choose_cpu_linears
 
     device = torch.device(spec.device)
     dtype = torch_dtype(settings.dtype)
     dnabert = load_dnabert(spec.dnabert_dir, device=device, dtype=dtype)
     esm, esm_tokenizer = load_esm(spec.esm_dir, device=device, dtype=dtype)
-    if device.type == "cpu" and not settings.compile:
-        use_onednn_linears(dnabert, esm)  # through oneDNN on x86 (see cpu.py)
+    linears = (choose_cpu_linears({"dnabert": dnabert, "esm": esm})
+               if device.type == "cpu" and not settings.compile else None)
     classifier = None
     if spec.classifier_path is not None:
         classifier, _ = load_classifier(spec.classifier_path)
         # The classifier stays in fp32, as the original ran it.
         classifier = classifier.to(device=device, dtype=torch.float32).eval()
     return Models(dnabert, load_dnabert_tokenizer(spec.dnabert_dir), esm, esm_tokenizer,
-                  classifier, device, spec, settings)
+                  classifier, device, spec, settings, cpu_linears=linears)
 
 
 def prepare_models(spec: WorkerSpec, settings: Settings) -> tuple[Models, dict[str, Any]]:
     """`load_models`, then compile their layers if the run compiles; returns the models and
-    what compiling reported (`{}` when the run does not compile)."""
+    what loading reported: the CPU linears' kernels (`cpu_linears`, on a CPU without
+    compiling) and what compiling reported (when the run compiles)."""
     from virnucpro.runtime.compile import compile_models
 
     models = load_models(spec, settings)
-    return models, (compile_models(models) if settings.compile else {})
+    report = {"cpu_linears": models.cpu_linears} if models.cpu_linears else {}
+    return models, report | (compile_models(models) if settings.compile else {})
 
 
 def propose_budgets(models: Models) -> dict[str, int]:
