@@ -19,7 +19,6 @@ batch that crosses it, and report what they did, so a rate is valid even if a pa
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,22 +68,6 @@ def fair_esm(model: Any, alphabet: Any) -> OriginalEsm:
         linear, model.embed_dim)
 
 
-# HF EsmModel names -> fair-esm ESM2 names (the inverse of `convert_fair_esm`'s table).
-_HF_TO_FAIR = (
-    (r"embeddings\.word_embeddings\.", "embed_tokens."),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.query\.", r"layers.\1.self_attn.q_proj."),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.key\.", r"layers.\1.self_attn.k_proj."),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.value\.", r"layers.\1.self_attn.v_proj."),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.self_attn.out_proj."),
-    (r"encoder\.layer\.(\d+)\.attention\.LayerNorm\.", r"layers.\1.self_attn_layer_norm."),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.fc1."),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.fc2."),
-    (r"encoder\.layer\.(\d+)\.LayerNorm\.", r"layers.\1.final_layer_norm."),
-    (r"encoder\.emb_layer_norm_after\.", "emb_layer_norm_after."),
-    (r"contact_head\.regression\.", "contact_head.regression."),
-)
-
-
 def original_esm(esm_dir: Path, device: torch.device, backend: str = "auto") -> OriginalEsm:
     """The ESM-2 of an HF directory (as `virnucpro predict` loads it) in fp32 on `device`,
     as fair-esm's ESM2 (`backend` "fair-esm"), transformers' EsmModel with eager attention
@@ -124,16 +107,16 @@ def _load_hf_weights(model: Any, hf_state: dict[str, torch.Tensor]) -> None:
     """HF weights into a fair-esm ESM2. Only its unused language-model head keeps its random
     init, and its rotary frequencies their own (the same formula; transformers' are one
     shared buffer or one per layer, by version)."""
+    from virnucpro.models.esm import rename_weight
+
     state = {}
     for name, value in hf_state.items():
         if name.endswith("inv_freq"):
             continue
-        for pattern, target in _HF_TO_FAIR:
-            if re.match(pattern, name):
-                state[re.sub(pattern, target, name, count=1)] = value
-                break
-        else:
+        fair = rename_weight(name, to_hf=False)
+        if fair is None:
             raise KeyError(f"no fair-esm name for ESM-2 weight {name!r}")
+        state[fair] = value
     state["lm_head.weight"] = state["embed_tokens.weight"]  # tied in fair-esm
     report = model.load_state_dict(state, strict=False)
     left = [k for k in report.missing_keys

@@ -275,30 +275,42 @@ def _last_hidden(model: Any, ids: torch.Tensor, mask: torch.Tensor | None) -> to
 
 
 # ------------------------------------------------------------------ fair-esm conversion
-_FAIR_TO_HF = (
-    (r"embed_tokens\.", "embeddings.word_embeddings."),
-    (r"layers\.(\d+)\.self_attn\.q_proj\.", r"encoder.layer.\1.attention.self.query."),
-    (r"layers\.(\d+)\.self_attn\.k_proj\.", r"encoder.layer.\1.attention.self.key."),
-    (r"layers\.(\d+)\.self_attn\.v_proj\.", r"encoder.layer.\1.attention.self.value."),
-    (r"layers\.(\d+)\.self_attn\.out_proj\.", r"encoder.layer.\1.attention.output.dense."),
-    (r"layers\.(\d+)\.self_attn\.rot_emb\.inv_freq",
-     r"encoder.layer.\1.attention.self.rotary_embeddings.inv_freq"),
-    (r"layers\.(\d+)\.self_attn_layer_norm\.", r"encoder.layer.\1.attention.LayerNorm."),
-    (r"layers\.(\d+)\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
-    (r"layers\.(\d+)\.fc2\.", r"encoder.layer.\1.output.dense."),
-    (r"layers\.(\d+)\.final_layer_norm\.", r"encoder.layer.\1.LayerNorm."),
-    (r"emb_layer_norm_after\.", "encoder.emb_layer_norm_after."),
-    (r"contact_head\.regression\.", "contact_head.regression."),
+# fair-esm ESM2 weight names and transformers' EsmModel names, as prefixes; "{}" is the layer.
+FAIR_HF_NAMES = (
+    ("embed_tokens.", "embeddings.word_embeddings."),
+    ("layers.{}.self_attn.q_proj.", "encoder.layer.{}.attention.self.query."),
+    ("layers.{}.self_attn.k_proj.", "encoder.layer.{}.attention.self.key."),
+    ("layers.{}.self_attn.v_proj.", "encoder.layer.{}.attention.self.value."),
+    ("layers.{}.self_attn.out_proj.", "encoder.layer.{}.attention.output.dense."),
+    ("layers.{}.self_attn.rot_emb.inv_freq",
+     "encoder.layer.{}.attention.self.rotary_embeddings.inv_freq"),
+    ("layers.{}.self_attn_layer_norm.", "encoder.layer.{}.attention.LayerNorm."),
+    ("layers.{}.fc1.", "encoder.layer.{}.intermediate.dense."),
+    ("layers.{}.fc2.", "encoder.layer.{}.output.dense."),
+    ("layers.{}.final_layer_norm.", "encoder.layer.{}.LayerNorm."),
+    ("emb_layer_norm_after.", "encoder.emb_layer_norm_after."),
+    ("contact_head.regression.", "contact_head.regression."),
 )
 _DROPPED = re.compile(r"lm_head\.|.*\.version$")  # the language-model head is not used
 
 
+def rename_weight(name: str, to_hf: bool = True) -> str | None:
+    """A weight's name on the other side of `FAIR_HF_NAMES` (fair-esm -> transformers, or the
+    reverse with `to_hf=False`); None when no entry covers it."""
+    for fair, hf in FAIR_HF_NAMES:
+        source, target = (fair, hf) if to_hf else (hf, fair)
+        found = re.match(re.escape(source).replace(r"\{\}", r"(\d+)"), name)
+        if found:
+            return target.format(*found.groups()) + name[found.end():]
+    return None
+
+
 def _hf_name(fair_name: str) -> str | None:
-    """HF EsmModel key for a fair-esm ESM2 key (None: dropped)."""
+    """HF EsmModel key for a fair-esm ESM2 key (None: dropped; "": unknown)."""
     name = re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", fair_name)
-    for pattern, target in _FAIR_TO_HF:
-        if re.match(pattern, name):
-            return re.sub(pattern, target, name, count=1)
+    hf = rename_weight(name)
+    if hf is not None:
+        return hf
     return None if _DROPPED.match(name) else ""
 
 
