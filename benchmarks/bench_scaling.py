@@ -81,25 +81,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ------------------------------------------------------------------ the stand-in device
 def stand_in_worker(index: int, spec: Any, control: Any, tasks: Any, results: Any) -> None:
     """`worker.worker_main`'s protocol, with every model forward pass replaced by a sleep."""
+    from virnucpro.runtime.worker import expect
+
     try:
         results.put(("probe", index, {"device": spec.device, "name": "stand-in H200 (sleeps)",
                                       "compute_capability": "9.0"}))
-        _expect(control, "load")
+        expect(control, "load")
         results.put(("loaded", index, None))
-        _expect(control, "measure")
+        expect(control, "measure")
         results.put(("proposal", index, {"dnabert_budget": 65_536, "esm_budget": 65_536}))
-        _expect(control, "go")
+        expect(control, "go")
         while (unit := tasks.get()) is not None:
             results.put(("result", index, stand_in_result(unit, spec.device)))
     except Exception as exc:  # reported as a real worker reports it
         results.put(("error", index, f"the stand-in on {spec.device} failed: {exc!r}"))
-
-
-def _expect(control: Any, kind: str) -> Any:
-    got, payload = control.get()
-    if got != kind:
-        raise RuntimeError(f"worker protocol: expected {kind!r}, got {got!r}")
-    return payload
 
 
 def stand_in_result(unit: Any, device: str) -> Any:

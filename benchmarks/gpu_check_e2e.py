@@ -140,14 +140,15 @@ def section_e2e(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) -> d
         argv = ["predict", str(fasta), "-o", str(out), "--dnabert", str(models["dnabert"]),
                 "--esm", str(models["esm"]), "-p", str(models["classifier"]),
                 "--device", plan.device.type, "--offline", "--no-progress", "-q", *flags]
-        print(f"  {label} inductor cache, {sum(1 for _ in C.frames_of(recs, 500))} frames: "
+        run_frames = frames if label == "warm" else C.frames_of(recs, 500)
+        print(f"  {label} inductor cache, {len(run_frames)} frames: "
               f"virnucpro {' '.join(argv[:2])} ... (in this process)", flush=True)
         rc, wall, util = run_cli(argv, plan.device)
         if rc != 0:
             raise RuntimeError(f"virnucpro predict exited {rc}")
         run = json.loads((out / "run.json").read_text())
         runs[label] = e2e_figures(run, wall, run["timing"]["startup_seconds"],
-                                  frames if label == "warm" else C.frames_of(recs, 500),
+                                  run_frames,
                                   models, util, state.get("peak"))
     figures = runs["warm"]
     figures["cold"] = {k: runs["cold"][k] for k in ("frames", "cli_wall_seconds",

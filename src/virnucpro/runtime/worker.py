@@ -270,11 +270,11 @@ def worker_main(index: int, spec: WorkerSpec, control: Any, tasks: Any, results:
         results.put(("probe", index, describe_device(torch.device(spec.device))))
         with torch.inference_mode():
             # Provisional budgets until the parent has every worker's proposal.
-            models, report = prepare_models(spec, _expect(control, "load"))
+            models, report = prepare_models(spec, expect(control, "load"))
             results.put(("loaded", index, report))
-            _expect(control, "measure")
+            expect(control, "measure")
             results.put(("proposal", index, propose_budgets(models)))
-            models.settings = _expect(control, "go")
+            models.settings = expect(control, "go")
             while (unit := tasks.get()) is not None:
                 results.put(("result", index, score_unit(models, unit)))
                 release_free_memory()
@@ -297,7 +297,8 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="virnucpro-parent-watch").start()
 
 
-def _expect(control: Any, kind: str) -> Any:
+def expect(control: Any, kind: str) -> Any:
+    """The payload of the parent's next control message, which must be `kind`."""
     got, payload = control.get()
     if got != kind:
         raise RuntimeError(f"worker protocol: expected {kind!r}, got {got!r}")
