@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -193,3 +194,14 @@ def test_help_a_newcomer_can_scan(capsys):
         text = capsys.readouterr().out
         assert all(p in text for p in panels), command
         assert "Example" in text and f"virnucpro {command}" in text
+
+
+def test_verbose_shows_as_a_flag_in_help(capsys):
+    """-v/--verbose counts (-vv), but --help shows it as a flag, not as an INTEGER RANGE."""
+    from virnucpro.cli_run import predict
+
+    assert next(p for p in predict.params if p.name == "verbose").count
+    for command in ("predict", "train"):
+        assert main([command, "--help"]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if "--verbose" in ln)
+        assert re.search(r"--verbose\s+-v\s+More log messages\.", line), line

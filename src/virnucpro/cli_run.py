@@ -61,7 +61,9 @@ _EMBEDDING_OPTIONS = [
                  help="Never download; fail at once if a model is missing (also: "
                       "HF_HUB_OFFLINE=1)."),
     click.option("--no-progress", is_flag=True, help="No live progress display."),
-    click.option("-v", "--verbose", count=True, help="More log messages."),
+    # count=True gives the option an IntRange type, which --help would show as a metavar
+    # ("INTEGER RANGE"); an empty metavar shows it as the flag it is (-v, -vv).
+    click.option("-v", "--verbose", count=True, metavar="", help="More log messages."),
     click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors."),
 ]
 
