@@ -76,7 +76,8 @@ def test_a_host_chunk_at_a_sequence_end_is_trimmed_off():
     assert track([H] * 6 + [V] * 6 + [H]) == [(1800, 3600, 6, "partial")]
     assert track([0.3] + [V] * 6 + [H] * 6) == [(300, 2100, 6, "partial")]
     assert track([H, N] + [V] * 6) == [(600, 2400, 6, "partial")]
-    assert track([V] * 6 + [N, N]) == [(0, 2400, 8, "whole")]
+    # So are no_call chunks there, which cost the path nothing to keep (issue 21).
+    assert track([V] * 6 + [N, N]) == [(0, 1800, 6, "partial")]
 
 
 def test_switch_prob_sets_how_much_evidence_a_region_needs():
@@ -91,14 +92,40 @@ def test_no_call_chunks():
     regions = find_regions("s", 4200, range(0, 4200, 300), range(300, 4500, 300),
                            [H] * 4 + [V, V, N, N, V, V] + [H] * 4, 0.5, ANY_LENGTH)
     assert [(r.start, r.end, r.n_chunks, r.score) for r in regions] == [(1200, 3000, 6, V)]
-    # Between a region and host they go to host; at a sequence end they join the region.
+    # Between a region and host, or a sequence end, they stay outside the region: it starts
+    # and ends on chunks called virus, and claims no sequence that was not scored.
     assert track([H] * 4 + [N, N] + [V] * 4 + [N] + [H] * 4) == [(1800, 3000, 4, "partial")]
-    assert track([N, N] + [V] * 4 + [H] * 4) == [(0, 1800, 6, "partial")]
-    assert track([N, V, V, V, N]) == [(0, 1500, 5, "whole")]
+    assert track([N, N] + [V] * 4 + [H] * 4) == [(600, 1800, 4, "partial")]
+    assert track([N, V, V, V, N]) == [(300, 1200, 3, "partial")]
     assert track([N] * 5) == []
     assert track([N, H, N]) == []
-    assert track([N, 0.7]) == [(0, 600, 2, "whole")]
-    assert find_regions("s", 600, [0, 300], [300, 600], [math.nan, 0.7], 0.5)[0].score == 0.7
+    assert track([N, 0.7]) == [(300, 600, 1, "partial")]
+    assert track([0.7, N]) == [(0, 300, 1, "partial")]
+    assert track([V, N, V]) == [(0, 900, 3, "whole")]
+    # NaN is a no_call too. The region of one scored chunk in two is partial, so at the
+    # default --min-region-length such a read has none (its sequence call still says virus).
+    assert find_regions("s", 600, [0, 300], [300, 600], [math.nan, 0.7], 0.5,
+                        ANY_LENGTH)[0].score == 0.7
+    assert find_regions("s", 600, [0, 300], [300, 600], [math.nan, 0.7], 0.5) == []
+
+
+def test_a_region_ends_on_its_last_virus_chunk_not_at_the_end_of_unscored_sequence():
+    """Issue 21: a 300 kb record, an ORF island at 120,000-150,000 and random DNA around it
+    (500 bp chunks; outside the island a few chunks have frames, scored as host, and after it
+    none has): at threshold 0.2 the region ran on to 300,000 through 300 no_call chunks."""
+    bounds = chunk_bounds(300_000, 500)
+    rng = random.Random(21)
+    scores: list[float | None] = [
+        rng.uniform(0.6, 0.9) if 120_000 <= start < 150_000
+        else (rng.uniform(0.02, 0.1) if start < 120_000 and k % 40 == 0 else None)
+        for k, (start, _) in enumerate(bounds)]
+    assert scores[239] is None and scores[240] is not None and scores[299] is not None
+    assert all(s is None for s in scores[300:])  # chunks 301-600: no frames
+    regions = find_regions("contig", 300_000, [b[0] for b in bounds], [b[1] for b in bounds],
+                           scores, 0.2)
+    assert [(r.start, r.end, r.n_chunks, r.kind) for r in regions] == [
+        (120_000, 150_000, 60, "partial")]
+    assert regions[0].score == pytest.approx(np.mean(scores[240:300]))
 
 
 def test_sequences_of_one_chunk_keep_their_own_call():

@@ -11,13 +11,15 @@ the Viterbi path through it gives each chunk a state; each run of virus chunks i
   one chunk tips the balance, log(99) = 4.6 nats at t = 0.5, so no single confident chunk
   makes a region (nor, with t above 0.99, does any chunk).
 - **no_call chunks** (no stop-free frame, score NaN or None) vote 0 for both states: the
-  neighbours decide, and between a region and host they go to host (ties go to host).
+  neighbours decide. Between two virus chunks they join the region; between a region and host
+  or a sequence end they stay outside it (ties go to host).
 - **Transitions.** Either state moves to the other with `switch_prob` per chunk step; both
   states are equally likely at the first chunk. A region inside a sequence pays two switches
   (2 x 6.9 nats at the default 1e-3), so it needs about three confident chunks.
 - **Edges.** A region begins and ends with chunks called virus (score >= threshold): at a
-  sequence end the path may keep one host chunk rather than pay a switch, and that chunk is
-  trimmed off. no_call chunks between a region and a sequence end join the region.
+  sequence end the path may keep one host chunk rather than pay a switch, or run on through
+  no_call chunks at no cost, and those chunks are trimmed off. So a region never claims
+  sequence that was not scored: 100 kb without frames after an island do not join it.
 - **Coordinates.** 0-based, end exclusive. Where two chunks in different states overlap (or
   leave a gap), the boundary is the midpoint between the first one's end and the second
   one's start; the regions and the host parts between them tile the sequence.
@@ -127,19 +129,15 @@ def _runs(states: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _trim(first: int, stop: int, scores: np.ndarray, threshold: float) -> tuple[int, int]:
-    """Narrow a run of virus states to begin and end with chunks called virus; no_call chunks
-    between it and a sequence end then join it. Only at a sequence end can the path hold a
-    chunk below the threshold at a run's edge: leaving the virus state there costs a switch
-    that one chunk does not repay, so a host flank of one chunk would join the region."""
+    """Narrow a run of virus states to begin and end with chunks called virus. Only at a
+    sequence end can the path hold other chunks at a run's edge: leaving the virus state
+    there costs a switch that one host chunk does not repay, and no_call chunks (no votes)
+    never repay it, so a host flank of one chunk or any no_call flank would join the
+    region."""
     called = np.flatnonzero(scores[first:stop] >= threshold)  # NaN (no_call) is never called
     if not len(called):
         return first, first  # not reached: a run's votes sum above zero
-    first, stop = first + int(called[0]), first + int(called[-1]) + 1
-    if np.isnan(scores[:first]).all():
-        first = 0
-    if np.isnan(scores[stop:]).all():
-        stop = len(scores)
-    return first, stop
+    return first + int(called[0]), first + int(called[-1]) + 1
 
 
 def _as_arrays(starts: Sequence[int], ends: Sequence[int],
