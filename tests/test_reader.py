@@ -172,7 +172,10 @@ BAD = [
     ("dup.fa", b">a x\nAC\n>b\nGG\n>a y\nTT\n", ["record 3", "duplicate", "'a'", "record 1"]),
     ("noheader.fa", b">\nACGT\n", ["record 1", "empty header"]),
     ("bad.fq", b"@r1\nACGT\n+\nIII\n", ["invalid FASTQ", "line"]),
-    ("trunc.fq", b"@r1\nACGT\n+\nIIII\n@r2\nAC", ["invalid FASTQ"]),
+    ("trunc.fq", b"@r1\nACGT\n+\nIIII\n@r2\nAC",
+     ["record 2 ('r2'): invalid FASTQ at line 6", "truncated", "it reads '@r2', 'AC'"]),
+    ("bad_plus.fq", b"@r1\nACGT\n+\nIIII\n@r2\nACGT\n-\nIIII\n",
+     ["record 2 (after 'r1'): invalid FASTQ at line 7", "'+'"]),
     ("protein.fq", b"@r1\nACGT\n+\nIIII\n@r2\nMKLE\n+\nIIII\n", ["record 2 ('r2')", "'L'"]),
     ("dup.fq", b"@r1\nA\n+\nI\n@r1\nC\n+\nI\n", ["record 2", "duplicate", "record 1"]),
     # Decoding as text fails a block at a time, so only a lower bound on the record is known.
@@ -195,6 +198,20 @@ def test_bad_input_messages(tmp_path, name, data, needles):
     assert message.startswith(f"{path}: ")
     for needle in needles:
         assert needle in message
+
+
+def test_a_truncated_fastq_names_the_record_in_a_short_excerpt(tmp_path):
+    """Issue 21: a read cut off mid-record gave dnaio's 500-character dump of it, line ends
+    escaped; the message names the record by number and id and quotes a few characters."""
+    read1 = b"@read1 run=7\n" + b"ACGT" * 250 + b"\n+\n" + b"I" * 1000 + b"\n"
+    cut = read1.replace(b"read1", b"read2")[:700]
+    path = write(tmp_path, "cut.fq.gz", gzip.compress(read1 + cut))
+    with pytest.raises(InputError) as info:
+        read([path])
+    assert str(info.value) == (
+        f"{path}: record 2 ('read2'): invalid FASTQ at line 6: the file ends inside this "
+        "record (truncated file?); it reads '@read2 run=7', 'ACGTACGTACGTACGTACGTACGTACG...'")
+    assert "\\n" not in str(info.value)
 
 
 def test_missing_unreadable_and_directory(tmp_path):
@@ -287,8 +304,11 @@ BAD_AT_THE_END = [  # 5000 good records, then a bad one; the message after "{pat
      "(not an IUPAC nucleotide code; is this protein?)"),
     (b">r%d\nACGT\n", b">r7\nAC\n", "record 5001: duplicate record id 'r7' (first seen in "
      "{path}, record 8)"),
-    (b"@r%d\nACGT\n+\nIIII\n", b"@last\nACGT\n+\nII\n", "invalid FASTQ in record 5001 or "
-     "later: Error in FASTQ file at line 20004: Length of sequence and qualities differ"),
+    (b"@r%d\nACGT\n+\nIIII\n", b"@last\nACGT\n+\nII\n", "record 5001 (after 'r4999'): "
+     "invalid FASTQ at line 20004: Length of sequence and qualities differ"),
+    (b"@r%d\nACGT\n+\nIIII\n", b"@last read\nACGT\n", "record 5001 ('last'): invalid FASTQ "
+     "at line 20003: the file ends inside this record (truncated file?); it reads "
+     "'@last read', 'ACGT'"),
     (b">r%d\nACGT\n", b">\nAC\n", "record 5001: record with an empty header"),
 ]
 

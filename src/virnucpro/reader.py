@@ -7,6 +7,7 @@ Only one record (plus one read block) is held at a time. RNA is read as DNA (U a
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib
@@ -322,7 +323,7 @@ def _looks_binary(data: bytes) -> bool:
 def _parse(stream: BinaryIO, fasta: bool, path: str,
            source: str) -> Iterator[tuple[Record, bool]]:
     """Yield the checked records of a decompressed FASTA or FASTQ stream."""
-    number = 0  # records read so far
+    number, rec = 0, None  # records read so far, and the last one
     try:
         if fasta:
             reader = dnaio.FastaReader(stream, sequence_class=_Fasta)
@@ -331,11 +332,60 @@ def _parse(stream: BinaryIO, fasta: bool, path: str,
         for number, rec in enumerate(reader, 1):
             yield _record(rec.name, rec.sequence, fasta, source, path, number)
     except dnaio.exceptions.FileFormatError as exc:  # carries the line number
-        raise InputError(f"{path}: invalid {'FASTA' if fasta else 'FASTQ'} in record "
-                         f"{number + 1} or later: {_one_line(exc)}") from None
+        if not fasta:
+            raise InputError(_fastq_error(path, exc, number + 1,
+                                          rec.name if rec is not None else None)) from None
+        raise InputError(f"{path}: invalid FASTA in record {number + 1} or later: "
+                         f"{_one_line(exc)}") from None
     except UnicodeDecodeError as exc:  # dnaio decodes FASTA as text, a block at a time
         raise InputError(f"{path}: not UTF-8 text in record {number + 1} or later (byte "
                          f"0x{exc.object[exc.start]:02x}; binary file?)") from None
+
+
+_FASTQ_TRUNCATED = "Premature end of file encountered. The incomplete final record was: "
+_FASTQ_DESCRIPTIONS = re.compile(r"Sequence descriptions don't match \('(.*?)' != ")
+_EXCERPT_CHARS = 30  # per line of a record quoted in a message
+
+
+def _fastq_error(path: str, exc: dnaio.exceptions.FileFormatError, number: int,
+                 previous: str | None) -> str:
+    """One line for a FASTQ format error in record `number` (exact: dnaio raises it before
+    yielding that record): the record's id where the error shows it (else the previous
+    record's, to find it by), and a short excerpt of a truncated record rather than dnaio's
+    500-character dump with escaped line ends."""
+    where = f"invalid FASTQ at line {exc.line + 1}" if exc.line is not None else "invalid FASTQ"
+    if exc.message.startswith(_FASTQ_TRUNCATED):
+        lines = _quoted_text(exc.message[len(_FASTQ_TRUNCATED):]).split("\n")
+        excerpt = ", ".join(repr(_shorten(line)) for line in lines[:4] if line)
+        return (f"{path}: record {number}{_record_label(lines[0][1:], previous)}: {where}: "
+                f"the file ends inside this record (truncated file?); it reads {excerpt}")
+    message = " ".join(exc.message.split())
+    described = _FASTQ_DESCRIPTIONS.match(message)
+    label = _record_label(described.group(1) if described else "", previous)
+    return f"{path}: record {number}{label}: {where}: {message}"
+
+
+def _record_label(header: str, previous: str | None) -> str:
+    """' ({id!r})' from a header, else ' (after {previous id!r})', else ''."""
+    words = header.split(maxsplit=1)
+    if words:
+        return f" ({words[0]!r})"
+    after = previous.split(maxsplit=1) if previous else []
+    return f" (after {after[0]!r})" if after else ""
+
+
+def _quoted_text(text: str) -> str:
+    """The string a Python repr spells (dnaio quotes the record so), or `text` itself."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, str) else text
+
+
+def _shorten(text: str) -> str:
+    text = text.removesuffix("...")  # dnaio's own cut, after 500 characters
+    return text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS - 3] + "..."
 
 
 def _record(header: str, seq: str, fasta: bool, source: str, path: str,
