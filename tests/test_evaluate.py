@@ -163,6 +163,55 @@ def test_evaluate_hand_made_prediction(tmp_path):
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
 
 
+def _rethresholded(pred: Path, threshold: float) -> Path:
+    """The hand-made output as re-thresholding leaves it: run.json and the chunk and
+    sequence calls at `threshold`; prediction_results.txt (the original's argmax) as it was."""
+    for name, score_col, call_col in (("chunks.tsv", 5, 6), ("sequences.tsv", 5, 6)):
+        lines = (pred / name).read_text().splitlines(keepends=True)
+        rows = [line.rstrip("\n").split("\t") for line in lines[1:]]
+        for row in rows:
+            if row[score_col]:
+                row[call_col] = "virus" if float(row[score_col]) >= threshold else "not_virus"
+        (pred / name).write_text(lines[0] + "".join("\t".join(r) + "\n" for r in rows))
+    (pred / "run.json").write_text(json.dumps({"params": {"threshold": threshold}}))
+    return pred
+
+
+def test_evaluate_after_rethresholding_uses_one_threshold(tmp_path, capsys):
+    """Issue 21: at threshold 0.2 frames were still called by the 0.5 argmax of
+    prediction_results.txt while chunks and sequences used 0.2."""
+    pred = _rethresholded(write_predict_output(tmp_path / "pred"), 0.2)
+    assert main(["evaluate", str(pred), "--truth", str(_truth_file(tmp_path / "l.tsv"))]) == 0
+    record = json.loads((pred / "metrics.json").read_text())
+    assert record["threshold"] == 0.2
+    assert record["call_rule"].startswith("virus when score >= threshold (run.json's)")
+    confusion = {level: tuple(m["confusion"][k] for k in ("tp", "fp", "tn", "fn"))
+                 for level, m in record["levels"].items()}
+    # score2 >= 0.2: virus 0.9, 0.6, 0.3, 0.2 (tp); other 0.7, 0.55 (fp), 0.1 (tn). The
+    # argmax would have given tp 2 (0.9, 0.6) and fn 2.
+    assert confusion["frame"] == (4, 2, 1, 0)
+    # Chunks: virus 0.75, 0.3, 0.2 (tp); other 0.4, 0.55 (fp). Sequences: v1, v2 (tp); o1, o2.
+    assert confusion["chunk"] == (3, 2, 0, 0)
+    assert confusion["sequence"] == (2, 2, 0, 0)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("calls: virus when score >= 0.2 (run.json's threshold) at every level: "
+                      "frame score2, chunk score, sequence virus_score")
+    assert out[1].startswith("   frame: n=7 ") and out[1].endswith(
+        "; left out: 0 no_call, 1 unlabelled")
+    assert out[2].startswith("   chunk: n=5 ") and out[2].endswith(
+        "; left out: 2 no_call, 1 unlabelled")
+    assert out[3].startswith("sequence: n=4 accuracy 0.5000 precision 0.5000 recall 1.0000 ")
+    assert out[3].endswith("; left out: 1 no_call, 1 unlabelled")
+
+
+def test_evaluate_needs_the_runs_threshold(tmp_path, capsys):
+    pred = write_predict_output(tmp_path / "pred")
+    (pred / "run.json").write_text("{}")
+    assert main(["evaluate", str(pred), "--truth", str(_truth_file(tmp_path / "l.tsv"))]) == 1
+    assert capsys.readouterr().err == (f"virnucpro: error: {pred / 'run.json'}: no threshold "
+                                       "recorded (is this a finished predict output?)\n")
+
+
 def test_evaluate_with_fasta_truth_writes_into_pred_dir(tmp_path, capsys):
     pred = write_predict_output(tmp_path / "pred")
     (tmp_path / "v.fa").write_text(">v1\nACGT\n>v2\nACGT\n")

@@ -93,19 +93,15 @@ def evaluate(pred_dir: Path, truth: Path | None, viral: tuple[str, ...],
     """Compare a predict output in PRED_DIR with known labels: accuracy, precision, recall,
     F1, AUROC, AUPRC and confusion matrix per frame, chunk and sequence."""
     from virnucpro.errors import InputError
-    from virnucpro.evaluate import labels_from_fasta, read_labels, run_evaluate
+    from virnucpro.evaluate import labels_from_fasta, read_labels, run_evaluate, summary_lines
 
     if (truth is None) == (not viral and not other):
         raise InputError("give either --truth LABELS.tsv or --viral/--other FASTA files")
     labels = read_labels(truth) if truth else labels_from_fasta(viral, other)
     source = str(truth) if truth else f"--viral {' '.join(viral)} --other {' '.join(other)}"
     record = run_evaluate(pred_dir, labels, output_dir, truth_source=source)
-    for level, m in record["levels"].items():
-        fmt = {k: "n/a" if m[k] is None else f"{m[k]:.4f}"
-               for k in ("accuracy", "precision", "recall", "f1", "auroc", "auprc")}
-        click.echo(f"{level:>8}: n={m['n']} accuracy {fmt['accuracy']} precision "
-                   f"{fmt['precision']} recall {fmt['recall']} F1 {fmt['f1']} AUROC "
-                   f"{fmt['auroc']} AUPRC {fmt['auprc']}")
+    for line in summary_lines(record):
+        click.echo(line)
     click.echo(f"metrics written to {output_dir or pred_dir}", err=True)
 
 

@@ -3,7 +3,11 @@
 Truth is per sequence; a chunk and a frame take the label of their sequence. Metrics count
 virus as the positive class:
 
-    accuracy, precision, recall, F1     from the calls predict made (its threshold)
+    accuracy, precision, recall, F1     from one rule at every level: virus when the score
+                                        >= the run's threshold (run.json, as re-thresholding
+                                        leaves it). Chunks and sequences: the calls predict
+                                        wrote, made so; frames: score2 >= threshold, not the
+                                        original's argmax in prediction_results.txt
     AUROC, AUPRC                        from the scores (frame: score2 = P(virus); chunk:
                                         chunk score; sequence: virus_score)
     confusion matrix                    tp, fp, tn, fn
@@ -34,6 +38,9 @@ LEVELS = ("frame", "chunk", "sequence")
 # the original and our outputs give the negative class.
 POSITIVE_LABELS = frozenset({"virus", "viral", "1"})
 NEGATIVE_LABELS = frozenset({"other", "others", "not_virus", "host", "0"})
+VIRUS = "virus"  # the call, in chunks.tsv and sequences.tsv, counted as positive
+CALL_RULE = ("virus when score >= threshold (run.json's) at every level; score: score2 per "
+             "frame, the chunk score per chunk, virus_score per sequence")
 
 
 # ------------------------------------------------------------------ metrics (plain numpy)
@@ -172,8 +179,10 @@ class Level:
     n_unlabelled: int = 0  # items whose sequence has no label (left out)
 
 
-def _level(rows: Iterator[tuple[str, str, str]], truth: dict[str, bool], positive: str) -> Level:
-    """rows: (seq_id, score or '', call). Keeps labelled items with a score."""
+def _level(rows: Iterator[tuple[str, str, str]], truth: dict[str, bool],
+           threshold: float | None = None) -> Level:
+    """rows: (seq_id, score or '', call). Keeps labelled items with a score; each is
+    predicted virus by its call, or where `threshold` is given, by score >= threshold."""
     labels: list[bool] = []
     scores: list[float] = []
     predicted: list[bool] = []
@@ -187,13 +196,16 @@ def _level(rows: Iterator[tuple[str, str, str]], truth: dict[str, bool], positiv
         else:
             labels.append(label)
             scores.append(float(score))
-            predicted.append(call == positive)
+            predicted.append(call == VIRUS if threshold is None else scores[-1] >= threshold)
     return Level(np.array(labels, bool), np.array(scores, np.float64),
                  np.array(predicted, bool), no_call, unlabelled)
 
 
-def read_levels(pred_dir: Path, truth: dict[str, bool]) -> dict[str, Level]:
-    """The frame, chunk and sequence tables of a predict output, joined with the truth."""
+def read_levels(pred_dir: Path, truth: dict[str, bool], threshold: float) -> dict[str, Level]:
+    """The frame, chunk and sequence tables of a predict output, joined with the truth. A
+    frame is predicted virus when its score2 >= `threshold`, the run's: the Prediction column
+    is the original's argmax, at 0.5 whatever the threshold. Chunks and sequences keep the
+    calls predict made at that threshold (from their unrounded scores)."""
     paths = outputs.predict_paths(pred_dir)
     # A frame id is `{record_id}_chunk_{k}{F|R}{1-3}`: its record id is exact to recover.
     frames = ((r[0][:-2].rsplit("_chunk_", 1)[0], r[3], r[1])
@@ -204,8 +216,8 @@ def read_levels(pred_dir: Path, truth: dict[str, bool]) -> dict[str, Level]:
     seq_cols = outputs.SEQUENCE_COLUMNS
     seqs = ((r[0], r[seq_cols.index("virus_score")], r[seq_cols.index("prediction")])
             for r in outputs.read_table(paths["sequences"], seq_cols))
-    return {"frame": _level(frames, truth, "virus"), "chunk": _level(chunks, truth, "virus"),
-            "sequence": _level(seqs, truth, "virus")}
+    return {"frame": _level(frames, truth, threshold), "chunk": _level(chunks, truth),
+            "sequence": _level(seqs, truth)}
 
 
 def predict_threshold(pred_dir: Path) -> float | None:
@@ -217,6 +229,19 @@ def predict_threshold(pred_dir: Path) -> float | None:
         return float(run["params"]["threshold"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _run_threshold(pred_dir: Path) -> float:
+    """The run's threshold, which evaluate needs to call frames as the run called chunks."""
+    threshold = predict_threshold(pred_dir)
+    if threshold is not None:
+        return threshold
+    paths = outputs.predict_paths(pred_dir)
+    if not paths["predictions"].exists():  # not a predict output at all: say that first
+        raise InputError(f"{paths['predictions']}: no such file (is this a predict output "
+                         "directory?)")
+    raise InputError(f"{paths['run']}: no threshold recorded (is this a finished predict "
+                     "output?)")
 
 
 # ------------------------------------------------------------------ figures
@@ -265,7 +290,8 @@ def run_evaluate(pred_dir: Path, truth: dict[str, bool], out_dir: Path | None = 
                  truth_source: str = "") -> dict[str, Any]:
     """Compute metrics.json, roc.png and pr.png for a predict output; returns the metrics."""
     out_dir = Path(out_dir) if out_dir is not None else Path(pred_dir)
-    levels = read_levels(Path(pred_dir), truth)
+    threshold = _run_threshold(Path(pred_dir))
+    levels = read_levels(Path(pred_dir), truth, threshold)
     if not levels["sequence"].labels.size and not levels["sequence"].n_no_call:
         raise InputError(f"{pred_dir}: no predicted sequence has a truth label "
                          "(do the ids match the inputs' first header words?)")
@@ -276,7 +302,7 @@ def run_evaluate(pred_dir: Path, truth: dict[str, bool], out_dir: Path | None = 
     record = {
         "virnucpro_version": __version__, "pred_dir": str(Path(pred_dir).resolve()),
         "truth": truth_source, "positive_class": "virus",
-        "threshold": predict_threshold(Path(pred_dir)),
+        "threshold": threshold, "call_rule": CALL_RULE,
         "labels": {"given": len(truth), "matched_sequences": n_seq,
                    "without_prediction": len(truth) - n_seq},
         "levels": metrics,
@@ -289,3 +315,18 @@ def run_evaluate(pred_dir: Path, truth: dict[str, bool], out_dir: Path | None = 
     plot_pr(levels, metrics, paths["pr"])
     files.write_json(paths["metrics"], record)
     return record
+
+
+def summary_lines(record: dict[str, Any]) -> list[str]:
+    """What `evaluate` prints: the call rule, one line of metrics per level, and what each
+    level left out."""
+    lines = [f"calls: virus when score >= {record['threshold']:g} (run.json's threshold) at "
+             "every level: frame score2, chunk score, sequence virus_score"]
+    for level, m in record["levels"].items():
+        fmt = {k: "n/a" if m[k] is None else f"{m[k]:.4f}"
+               for k in ("accuracy", "precision", "recall", "f1", "auroc", "auprc")}
+        lines.append(f"{level:>8}: n={m['n']} accuracy {fmt['accuracy']} precision "
+                     f"{fmt['precision']} recall {fmt['recall']} F1 {fmt['f1']} AUROC "
+                     f"{fmt['auroc']} AUPRC {fmt['auprc']}; left out: {m['n_no_call']} "
+                     f"no_call, {m['n_unlabelled']} unlabelled")
+    return lines
