@@ -21,6 +21,10 @@ from virnucpro.plot import (
     HISTOGRAM_IN,
     REGION_ALPHA,
     REGION_COLOURS,
+    SCATTER_IN,
+    SequenceTrack,
+    choose_tracks,
+    draw_score_length,
     draw_track,
     read_tracks,
     run_plot,
@@ -40,8 +44,8 @@ def _pixels(path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _has_colour(pixels: np.ndarray, hex_colour: str) -> bool:
-    return bool(np.any(_colour_mask(pixels, hex_colour)))
+def _has_colour(pixels: np.ndarray, hex_colour: str, alpha: float = 1.0) -> bool:
+    return bool(np.any(_colour_mask(pixels, hex_colour, alpha)))
 
 
 def _colour_mask(pixels: np.ndarray, hex_colour: str, alpha: float = 1.0) -> np.ndarray:
@@ -80,7 +84,8 @@ def test_read_and_select_tracks(tmp_path):
 
 def test_plot_files(tmp_path):
     pred = write_predict_output(tmp_path / "pred")
-    written = run_plot(pred, tmp_path / "figs", top=3, html_page=True)
+    # The hand-made sequences have 1-2 chunks, so tracks are drawn only when asked for.
+    written = run_plot(pred, tmp_path / "figs", seq_ids=("x1", "o2", "v1"), html_page=True)
     assert {p.name for p in written.values()} == {"score_tracks.png", "score_histogram.png",
                                                   "plots.html"}
     tracks = _pixels(written["tracks"])
@@ -112,6 +117,51 @@ def test_plot_cli_default_dir_and_no_call_track(tmp_path, capsys):
     assert tracks.shape[:2] == track_size_px(2)[::-1]
     assert _has_colour(tracks, CALL_COLOURS["no_call"])
     assert "score_tracks.png" in capsys.readouterr().err
+
+
+def test_plot_on_reads_draws_score_against_length(tmp_path, capsys):
+    """Issue 21: on reads (1-2 chunks each) plot drew ten identical flat one-chunk tracks."""
+    pred = write_predict_output(tmp_path / "pred")
+    assert main(["plot", str(pred), "--top", "3", "--html"]) == 0
+    err = capsys.readouterr().err
+    assert ("virnucpro: all 6 sequences have fewer than 3 chunks, so their chunk tracks would "
+            "be flat: score_tracks.png shows virus_score against length instead\n") in err
+    figure = _pixels(pred / "score_tracks.png")
+    assert figure.shape == (round(SCATTER_IN[1] * DPI), round(SCATTER_IN[0] * DPI), 3)
+    assert _has_colour(figure, CALL_COLOURS["virus"], 0.7)
+    assert _has_colour(figure, CALL_COLOURS["not_virus"], 0.7)
+    assert (pred / "plots.html").read_text().count("<tr><td>") == 3  # the top 3 in the table
+
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    draw_score_length(ax, read_tracks(pred), 0.5)
+    dots = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+    # o3 (no_call) has no score to plot; the title says so.
+    assert dots == {"not_virus (2)": [[400, 0.2], [700, 0.4]],
+                    "virus (3)": [[1000, 0.525], [300, 0.55], [300, 0.8]]}
+    assert ax.get_title(loc="left").startswith("No chunk tracks: all 6 sequences have fewer "
+                                               "than 3 chunks")
+    assert ax.get_title(loc="left").endswith("(1 no_call not shown)")
+
+
+def test_default_tracks_leave_out_short_sequences():
+    def seq(name: str, n_chunks: int, score: float) -> SequenceTrack:
+        chunks = [(300 * k, 300 * k + 300, score, "virus") for k in range(n_chunks)]
+        return SequenceTrack(name, 300 * n_chunks, score, "virus", chunks)
+
+    tracks = [seq("read1", 1, 0.9), seq("contig1", 5, 0.6), seq("read2", 2, 0.8),
+              seq("contig2", 3, 0.7)]
+    shown, note = choose_tracks(tracks, 10)
+    assert [t.seq_id for t in shown] == ["contig2", "contig1"]
+    assert note == ("score_tracks.png: the 2 highest-scoring of 2 sequences with 3 or more "
+                    "chunks; 2 shorter ones (flat tracks) are left out, --seq-id draws any")
+    assert [t.seq_id for t in choose_tracks(tracks, 1)[0]] == ["contig2"]
+    # Asked for by id, a short sequence is drawn, and nothing needs saying.
+    assert choose_tracks(tracks, 10, ("read1",)) == ([tracks[0]], "")
+    # Only sequences long enough: the top as before, no note.
+    assert choose_tracks(tracks[1::2], 10) == ([tracks[3], tracks[1]], "")
+    assert choose_tracks(tracks[::2], 10)[0] == []  # only reads: no track at all
 
 
 def test_plot_errors(tmp_path, capsys):

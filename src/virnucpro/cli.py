@@ -122,7 +122,8 @@ def plot(pred_dir: Path, output_dir: Path | None, top: int, seq_ids: tuple[str, 
     sequences (score_tracks.png) and the histogram of sequence scores (score_histogram.png)."""
     from virnucpro.plot import run_plot
 
-    written = run_plot(pred_dir, output_dir, top=top, seq_ids=seq_ids, html_page=html_page)
+    written = run_plot(pred_dir, output_dir, top=top, seq_ids=seq_ids, html_page=html_page,
+                       say=lambda note: click.echo(f"virnucpro: {note}", err=True))
     click.echo(f"wrote {', '.join(str(p) for p in written.values())}", err=True)
 
 

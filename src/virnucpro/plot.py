@@ -6,6 +6,10 @@ threshold as a dotted line (the original's `drew_fig.py` drew the max frame scor
 ours draws the chunk score that the sequence call is made from). Where the output has
 `regions.tsv` (older outputs may not), each viral region of a sequence is a translucent band
 behind its chunk scores, coloured by its kind (partial or whole).
+Tracks of one or two chunks are flat and say nothing the sequence's own score does not, so by
+default only sequences of MIN_TRACK_CHUNKS or more chunks get one; where there are none (reads),
+`score_tracks.png` plots each sequence's score against its length instead, and its title and
+the message `plot` prints say so. `--seq-id` draws the tracks asked for, however short.
 `score_histogram.png`: the distribution of sequence scores, stacked by call.
 `plots.html` (with `--html`): one self-contained page embedding both, plus a table.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,8 @@ HISTOGRAM_IN = (6.0, 4.0)  # score_histogram.png: 600 x 400 px
 HISTOGRAM_BINS = 20
 REGION_COLOURS = {PARTIAL: "#ff7f0e", WHOLE: "#9467bd"}  # bands behind the chunk scores
 REGION_ALPHA = 0.2  # light enough that the score bars and no_call bands show through
+MIN_TRACK_CHUNKS = 3  # fewer chunks draw a flat track: one or two bars, no shape
+SCATTER_IN = (10.0, 5.0)  # score_tracks.png when every sequence is too short for a track
 
 
 @dataclass
@@ -94,6 +101,26 @@ def select_tracks(tracks: list[SequenceTrack], top: int,
     return ranked[:top]
 
 
+def choose_tracks(tracks: list[SequenceTrack], top: int,
+                  seq_ids: tuple[str, ...] = ()) -> tuple[list[SequenceTrack], str]:
+    """The tracks score_tracks.png draws and a note on what was left out, and why. Without
+    `seq_ids`, the `top` highest scores among sequences of MIN_TRACK_CHUNKS or more chunks;
+    no track (a score-against-length plot instead) when there are none."""
+    if seq_ids:
+        return select_tracks(tracks, top, seq_ids), ""
+    long = [t for t in tracks if len(t.chunks) >= MIN_TRACK_CHUNKS]
+    short = len(tracks) - len(long)
+    if not long:
+        return [], (f"all {len(tracks)} sequences have fewer than {MIN_TRACK_CHUNKS} chunks, "
+                     "so their chunk tracks would be flat: score_tracks.png shows virus_score "
+                     "against length instead")
+    shown = select_tracks(long, top)
+    note = (f"score_tracks.png: the {len(shown)} highest-scoring of {len(long)} sequences "
+            f"with {MIN_TRACK_CHUNKS} or more chunks; {short} shorter ones (flat tracks) are "
+            "left out, --seq-id draws any") if short else ""
+    return shown, note
+
+
 def track_size_px(n: int) -> tuple[int, int]:
     """Width and height of score_tracks.png for `n` sequences."""
     return round(TRACK_WIDTH_IN * DPI), round((TRACK_MARGIN_IN + TRACK_PANEL_IN * n) * DPI)
@@ -151,6 +178,37 @@ def plot_tracks(tracks: list[SequenceTrack], threshold: float, path: Path) -> No
         fig.savefig(tmp, format="png")
 
 
+def plot_score_length(tracks: list[SequenceTrack], threshold: float, path: Path) -> None:
+    """score_tracks.png for short sequences (reads): virus_score against length, one dot per
+    scored sequence, coloured by its call; the title says why there are no tracks."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=SCATTER_IN, dpi=DPI, layout="constrained")
+    draw_score_length(fig.add_subplot(), tracks, threshold)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def draw_score_length(ax: Any, tracks: list[SequenceTrack], threshold: float) -> None:
+    """virus_score against length on `ax`, one dot per scored sequence, by call."""
+    for call in (NOT_VIRUS, VIRUS):
+        points = [(t.length, t.score) for t in tracks if t.call == call and t.score is not None]
+        if points:
+            x, y = zip(*points, strict=True)
+            ax.scatter(x, y, s=12, color=CALL_COLOURS[call], alpha=0.7, lw=0,
+                       label=f"{call} ({len(points)})")
+    ax.axhline(threshold, color="0.4", ls=":", lw=1, label=f"threshold {threshold:g}")
+    no_call = sum(t.score is None for t in tracks)
+    ax.set_title(f"No chunk tracks: all {len(tracks)} sequences have fewer than "
+                 f"{MIN_TRACK_CHUNKS} chunks, so each track would be flat; virus_score against "
+                 f"length instead" + (f" ({no_call} no_call not shown)" if no_call else ""),
+                 loc="left", fontsize=10, wrap=True)
+    ax.set(xlabel="sequence length (bp)", ylabel="virus_score", ylim=(-0.04, 1.04))
+    ax.set_xlim(left=0)
+    ax.legend(loc="best", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
 def plot_histogram(tracks: list[SequenceTrack], threshold: float, path: Path) -> None:
     """score_histogram.png: sequence scores, stacked by call."""
     from matplotlib.figure import Figure
@@ -205,8 +263,10 @@ def _threshold(pred_dir: Path) -> float:
 
 
 def run_plot(pred_dir: Path, out_dir: Path | None = None, *, top: int = 10,
-             seq_ids: tuple[str, ...] = (), html_page: bool = False) -> dict[str, Path]:
-    """Write the figures (and the HTML page) for a predict output; returns their paths."""
+             seq_ids: tuple[str, ...] = (), html_page: bool = False,
+             say: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Write the figures (and the HTML page) for a predict output; returns their paths.
+    `say` gets a line when score_tracks.png leaves sequences out or draws no tracks."""
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}")
     pred_dir = Path(pred_dir)
@@ -214,11 +274,17 @@ def run_plot(pred_dir: Path, out_dir: Path | None = None, *, top: int = 10,
     tracks = read_tracks(pred_dir)
     if not tracks:
         raise InputError(f"{pred_dir}: the predict output has no sequence")
-    shown = select_tracks(tracks, top, seq_ids)
+    drawn, note = choose_tracks(tracks, top, seq_ids)
     threshold = _threshold(pred_dir)
     outputs.make_output_dir(out_dir)
     paths = outputs.plot_paths(out_dir)
-    plot_tracks(shown, threshold, paths["tracks"])
+    if drawn:
+        plot_tracks(drawn, threshold, paths["tracks"])
+    else:
+        plot_score_length(tracks, threshold, paths["tracks"])
+    if note and say is not None:
+        say(note)
+    shown = drawn or select_tracks(tracks, top)  # the page's table: what was drawn, or the top
     plot_histogram(tracks, threshold, paths["histogram"])
     written = {"tracks": paths["tracks"], "histogram": paths["histogram"]}
     if html_page:
