@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import virnucpro.runtime.cpu as onednn
+import virnucpro.runtime.host as host
 from virnucpro.models.dnabert import embed_dnabert, load_dnabert
 from virnucpro.models.esm import embed_esm, load_esm
 from virnucpro.runtime.cpu import (
@@ -141,22 +142,22 @@ def test_other_machines_keep_nn_linear(monkeypatch):
     ("50000 100000", 0.5), ("", None), (None, None), ("garbage", None), ("1 0", None),
 ])
 def test_cgroup_v2_cpu_max(text, expected):
-    assert onednn.parse_cpu_max(text) == expected
+    assert host.parse_cpu_max(text) == expected
 
 
 @pytest.mark.parametrize(("quota", "period", "expected"), [
     ("-1\n", "100000\n", None), ("400000", "100000", 4.0), ("x", "1", None), (None, None, None),
 ])
 def test_cgroup_v1_cfs_quota(quota, period, expected):
-    assert onednn.parse_cfs_quota(quota, period) == expected
+    assert host.parse_cfs_quota(quota, period) == expected
 
 
 def test_available_cpus_follows_affinity_and_quota(tmp_path, monkeypatch):
-    monkeypatch.setattr(onednn.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(host.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(onednn, "_own_cgroup_v2", lambda: "/job")
-    assert onednn.available_cpus(tmp_path) == 4  # no cgroup files: the affinity mask
+    assert host.available_cpus(tmp_path) == 4  # no cgroup files: the affinity mask
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "cpu.max").write_text("250000 100000\n")
-    assert onednn.available_cpus(tmp_path) == 2  # 2.5 CPUs of quota: 2 threads
+    assert host.available_cpus(tmp_path) == 2  # 2.5 CPUs of quota: 2 threads
     (tmp_path / "job" / "cpu.max").write_text("50000 100000\n")
-    assert onednn.available_cpus(tmp_path) == 1  # never fewer than one
+    assert host.available_cpus(tmp_path) == 1  # never fewer than one

@@ -158,7 +158,7 @@ def test_two_workers_give_byte_identical_outputs(tiny_models, tmp_path):
     assert main(predict_args(tiny_models, [inp], two, *common, "--workers", "2")) == 0
     assert predict_results(one) == predict_results(two)
     run = json.loads((two / "run.json").read_text())
-    assert len(run["workers"]) == 2
+    assert len(run["plan"]["workers"]) == 2
 
 
 def test_rerun_of_a_finished_run_does_nothing_and_a_different_run_is_refused(
@@ -277,12 +277,12 @@ def test_resume_after_sigkill_is_byte_identical(tiny_models, tmp_path, kill_afte
 
 def test_highest_score_sort_spills_and_merges_identically(tiny_models, tmp_path, monkeypatch):
     """Chunk rows are sorted on disk in runs, merged a few files at a time: same bytes."""
-    import virnucpro.outputs
+    import virnucpro.writer
 
     inp = orf_rich_fasta(tmp_path / "in.fa", 30)
     assert main(predict_args(tiny_models, [inp], tmp_path / "whole")) == 0
-    monkeypatch.setattr(virnucpro.outputs, "_SORT_RUN_ROWS", 3)
-    monkeypatch.setattr(virnucpro.outputs, "_MERGE_FAN_IN", 2)
+    monkeypatch.setattr(virnucpro.writer, "_SORT_RUN_ROWS", 3)
+    monkeypatch.setattr(virnucpro.writer, "_MERGE_FAN_IN", 2)
     assert main(predict_args(tiny_models, [inp], tmp_path / "spilled")) == 0
     assert predict_results(tmp_path / "spilled") == predict_results(tmp_path / "whole")
     rows = _table(tmp_path / "spilled" / "prediction_results_highestscore.csv")[1:]

@@ -20,7 +20,7 @@ from virnucpro.cli import main
 from virnucpro.outputs import predict_paths
 from virnucpro.shards import Balancer, parse_shard, shard_paths
 
-COMMON = ("--device", "cpu", "--threads", "1", "--unit-frames", "3", "--threshold", "0.3")
+COMMON = ("--device", "cpu", "--threads", "1", "--unit-frames", "24", "--threshold", "0.3")
 
 
 

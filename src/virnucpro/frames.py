@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,8 @@ __all__ = [
     "chunk_bounds",
     "chunk_record",
     "iter_record_frames",
+    "n_chunks",
+    "piece_frames",
     "translate_six_frames",
 ]
 
@@ -87,24 +90,27 @@ class RecordFrames:
 
 
 # ------------------------------------------------------------------------------ chunking
-def chunk_bounds(length: int, chunk_size: int) -> list[tuple[int, int]]:
-    """Half-open [start, end) of each chunk of a sequence of `length` (SPEC §2)."""
+def n_chunks(length: int, chunk_size: int) -> int:
+    """How many chunks a sequence of `length` is cut into."""
+    return -(-length // chunk_size) if length > 0 else 0
+
+
+def chunk_bounds(length: int, chunk_size: int, first: int = 0,
+                 stop: int | None = None) -> list[tuple[int, int]]:
+    """Half-open [start, end) of chunks first..stop-1 (default: all) of a sequence of
+    `length` (SPEC §2)."""
     if chunk_size < 1:
         raise ValueError(f"chunk size must be at least 1, got {chunk_size}")
-    if length <= 0:
-        return []
-    n = -(-length // chunk_size)
-    if n == 1:
-        return [(0, length)]
+    n = n_chunks(length, chunk_size)
+    stop = n if stop is None else min(stop, n)
+    if n <= 1:
+        return [(0, length)][first:stop] if n else []
     overlap = n * chunk_size - length
     lo = overlap // n  # the original's int(overlap / n): equal for any realistic length
     need = overlap - lo * (n - 1)  # quirk: not `overlap % n`; shifts `lo + 1` for j < need
-    bounds = []
-    start = 0
-    for j in range(n):
-        bounds.append((start, min(start + chunk_size, length)))
-        start += chunk_size - (lo + 1 if j < need else lo)
-    return bounds
+    # Chunk j starts after j steps of chunk_size - lo, the first `need` of them one shorter.
+    starts = (j * (chunk_size - lo) - min(j, need) for j in range(first, stop))
+    return [(start, min(start + chunk_size, length)) for start in starts]
 
 
 def chunk_record(record: Record, chunk_size: int) -> list[Chunk]:
@@ -259,6 +265,25 @@ def _nucleotide(seq: str, slot: int, p: int, row: int, rc_cache: dict[int, str])
 
 
 # ------------------------------------------------------------------------------ streaming
+def piece_frames(pieces: Sequence[Any], chunk_size: int) -> list[RecordFrames]:
+    """Chunk and translate the pieces of a work unit (`runtime.protocol.Piece`: whole records
+    or parts of long ones), with the chunk ids and coordinates of the whole record."""
+    records: list[Record] = []
+    chunk_lists: list[list[Chunk]] = []
+    for p in pieces:
+        record = Record(p.id, p.header, p.seq, "")
+        records.append(record)
+        if p.whole:
+            chunk_lists.append(chunk_record(record, chunk_size))
+            continue
+        bounds = chunk_bounds(p.length, chunk_size, p.first, p.stop)
+        chunk_lists.append([Chunk(f"{p.id}_chunk_{k + 1}", p.id, k, start, end,
+                                  p.seq[start - p.offset:end - p.offset])
+                            for k, (start, end) in enumerate(bounds, p.first)])
+    return list(_finish(records, chunk_lists, max(1, DEFAULT_BATCH_BASES // chunk_size)))
+
+
+
 def iter_record_frames(records: Iterable[Record], chunk_size: int, *,
                        batch_bases: int = DEFAULT_BATCH_BASES) -> Iterator[RecordFrames]:
     """Chunk and translate records, in input order, holding about `batch_bases` at a time."""

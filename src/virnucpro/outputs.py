@@ -7,8 +7,6 @@ interrupted run never leaves a partial file behind an expected name.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,10 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.errors import OutputError
-from virnucpro.files import ExternalSort, os_error, write_json
-from virnucpro.frames import Frame, RecordFrames
-from virnucpro.regions import REGION_COLUMNS, RegionParams, find_regions, region_fasta, region_rows
-from virnucpro.verdicts import NO_CALL, NOT_VIRUS, VIRUS, RecordVerdicts, record_verdicts
 
 __all__ = [
     "FASTA_WIDTH",
@@ -127,8 +121,6 @@ HIGHEST_COLUMNS = ("Modified_ID", "Is_Virus")
 SEQUENCE_COLUMNS = ("seq_id", "length", "n_chunks", "n_chunks_scored", "n_frames",
                     "virus_score", "prediction", "reason")
 CHUNK_COLUMNS = ("chunk_id", "seq_id", "start", "end", "n_frames", "score", "call")
-_SORT_RUN_ROWS = 50_000  # highest-score rows kept in memory before a sorted run is spilled
-_MERGE_FAN_IN = 128  # sorted runs merged at once
 
 
 def predict_paths(out_dir: Path) -> dict[str, Path]:
@@ -141,146 +133,7 @@ def format_score(x: float) -> str:
     return str(np.float32(x))
 
 
-def frame_lines(frames: Sequence[Frame], scores: np.ndarray) -> list[str]:
-    """`prediction_results.txt` rows: the argmax call (ties go to `others`, index 0)."""
-    return [tsv_row((f.id, "virus" if s[1] > s[0] else "others",
-                  format_score(s[0]), format_score(s[1])))
-            for f, s in zip(frames, scores, strict=True)]
-
-
-class PredictWriter:
-    """Writes predict's outputs as unit results arrive, in input order, into temporary files
-    that `finish` moves into place (run.json last, so it marks a complete run)."""
-
-    def __init__(self, out_dir: Path, tmp_dir: Path, threshold: float,
-                 save_embeddings: bool = False, regions: RegionParams | None = None) -> None:
-        self.paths = predict_paths(out_dir)
-        self.tmp_dir = Path(tmp_dir)
-        self.threshold = threshold
-        self.save_embeddings = save_embeddings
-        self.regions = regions or RegionParams()
-        try:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            self._fh = {role: (self.tmp_dir / self.paths[role].name).open("w", newline="\n")
-                        for role in _STREAMED}
-        except OSError as exc:
-            raise os_error(self.tmp_dir, exc) from None
-        self._fh["predictions"].write(tsv_row(PREDICTION_COLUMNS))
-        self._fh["sequences"].write(tsv_row(SEQUENCE_COLUMNS))
-        self._fh["chunks"].write(tsv_row(CHUNK_COLUMNS))
-        self._fh["regions"].write(tsv_row(REGION_COLUMNS))
-        self.histogram = [0] * HISTOGRAM_BINS  # sequence scores, for MultiQC
-        # Chunk rows of the original's file, sorted by id at the end.
-        self._highest = ExternalSort(self.tmp_dir, "highest", _SORT_RUN_ROWS, _MERGE_FAN_IN)
-        self._n_units = 0
-        self.frames_written = 0
-        self._counts = {"sequences": 0, "bases": 0, "chunks": 0, "chunks_scored": 0,
-                        "frames": 0, "predictions": {VIRUS: 0, NOT_VIRUS: 0, NO_CALL: 0}}
-
-    def add(self, records: Sequence[RecordFrames], scores: np.ndarray,
-            features: np.ndarray | None = None) -> None:
-        """Write the rows of consecutive records whose frames have these [n, 2] scores."""
-        pos = 0
-        try:
-            for rf in records:
-                n = sum(len(f) for f in rf.frames)
-                self._add_record(rf, scores[pos:pos + n])
-                pos += n
-            assert pos == len(scores), "scores do not match the frames of these records"
-            if self.save_embeddings and pos:
-                self._add_features(records, features)
-        except OSError as exc:
-            raise os_error(self.tmp_dir, exc) from None
-        self._n_units += 1
-        self.frames_written += pos
-
-    def _add_features(self, records: Sequence[RecordFrames], features: np.ndarray | None,
-                      ) -> None:
-        ids = [f.id for rf in records for fs in rf.frames for f in fs]
-        if features is None or len(features) != len(ids):
-            raise OutputError(f"{self.paths['run'].parent}: the features of {len(ids)} frames "
-                              "are missing; rerun with --force to recompute them")
-        np.savez(self.tmp_dir / f"{EMBEDDINGS_DIR}_{self._n_units:06d}.npz",
-                 frame_ids=np.array(ids, dtype=str), features=features)
-
-    def _add_record(self, rf: RecordFrames, scores: np.ndarray) -> None:
-        rec = rf.record
-        rv = record_verdicts([len(f) for f in rf.frames], scores, self.threshold,
-                             empty=not rec.seq)
-        pos, frames_out = 0, []
-        for chunk, frames, cv in zip(rf.chunks, rf.frames, rv.chunks, strict=True):
-            v = cv.verdict
-            self._fh["chunks"].write(tsv_row((chunk.id, rec.id, chunk.start, chunk.end,
-                                              len(frames), _fmt_opt(v.score), v.call)))
-            if frames:
-                # The original's chunk id is the frame id minus its last two characters.
-                self._highest.add(tsv_row((frames[0].id[:-2], cv.is_virus_original)))
-                frames_out.extend(frame_lines(frames, scores[pos:pos + len(frames)]))
-                pos += len(frames)
-        self._fh["predictions"].writelines(frames_out)
-        v = rv.sequence
-        self._fh["sequences"].write(tsv_row((
-            rec.id, len(rec.seq), len(rf.chunks), rv.n_chunks_scored, rv.n_frames,
-            _fmt_opt(v.score), v.call, v.reason)))
-        if v.call == VIRUS:
-            self._fh["viral"].write(fasta_wrapped(rec.header, rec.seq))
-        if v.score is not None:
-            self.histogram[min(int(v.score * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
-        self._add_regions(rf, rv)
-        c = self._counts
-        c["sequences"] += 1
-        c["bases"] += len(rec.seq)
-        c["chunks"] += len(rf.chunks)
-        c["chunks_scored"] += rv.n_chunks_scored
-        c["frames"] += rv.n_frames
-        c["predictions"][v.call] += 1
-
-    def _add_regions(self, rf: RecordFrames, rv: RecordVerdicts) -> None:
-        rec = rf.record
-        found = find_regions(rec.id, len(rec.seq), [c.start for c in rf.chunks],
-                             [c.end for c in rf.chunks], [c.verdict.score for c in rv.chunks],
-                             self.threshold, self.regions)
-        self._fh["regions"].writelines(region_rows(found))
-        self._fh["regions_fna"].writelines(region_fasta(rec.seq, r) for r in found)
-
-    def counts(self) -> dict[str, object]:
-        return json.loads(json.dumps(self._counts))
-
-    def finish(self, run_record: dict[str, object]) -> None:
-        """Move every output into place; run.json goes last."""
-        try:
-            for fh in self._fh.values():
-                fh.close()
-            highest = self.tmp_dir / self.paths["highest"].name
-            with highest.open("w", newline="\n") as fh:
-                # Whole lines sort as ids: ids hold no whitespace, and the tab after an id
-                # sorts before any character of a longer id.
-                fh.write(tsv_row(HIGHEST_COLUMNS))
-                self._highest.write_sorted(fh)
-            for role in _STREAMED:
-                os.replace(self.tmp_dir / self.paths[role].name, self.paths[role])
-            os.replace(highest, self.paths["highest"])
-            if self.save_embeddings:
-                emb_dir = self.paths["run"].parent / EMBEDDINGS_DIR
-                emb_dir.mkdir(exist_ok=True)
-                for p in sorted(self.tmp_dir.glob(f"{EMBEDDINGS_DIR}_*.npz")):
-                    os.replace(p, emb_dir / p.name.replace(f"{EMBEDDINGS_DIR}_", "unit_"))
-        except OSError as exc:
-            raise os_error(self.paths["run"].parent, exc) from None
-        write_json(self.paths["run"], run_record)
-
-    def abort(self) -> None:
-        for fh in self._fh.values():
-            with contextlib.suppress(OSError):
-                fh.close()
-
-
-_STREAMED = ("predictions", "sequences", "chunks", "viral", "regions", "regions_fna")
 HISTOGRAM_BINS = 20  # sequence-score bins of width 0.05 over [0, 1] (MultiQC's histogram)
-
-
-def _fmt_opt(score: float | None) -> str:
-    return "" if score is None else format_score(score)
 
 
 # ------------------------------------------------------------------ train, evaluate and plot

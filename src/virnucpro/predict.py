@@ -2,8 +2,9 @@
 
 This module plans a run (models, the worker processes, the fingerprint that says what the run
 is), owns the output directory's state (refuse, resume or start), and hands the units to
-`runtime.engine.run_units` (or `runtime.ray_engine.run_units_ray`), whose results the
-`outputs.PredictWriter` writes in input order. Every finished unit is saved under
+`runtime.engine.run_units` (or `runtime.ray_engine.run_units_ray`), whose rendered rows the
+`writer.PredictWriter` appends in input order. The workers start loading their models while
+this process checks and hashes the inputs. Every finished unit is saved under
 `OUTPUT/.virnucpro/` (a shard keeps them in `OUTPUT/units/` for `merge`), with the plan the
 workers settled, so a killed run started again continues exactly as it began.
 """
@@ -16,16 +17,15 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from virnucpro import __version__, files, outputs
 from virnucpro.errors import InputError, OutputError, VirnucproError
-from virnucpro.frames import RecordFrames
-from virnucpro.reader import ReadStats, validate_inputs
+from virnucpro.reader import InputSummary, ReadStats, validate_inputs
 from virnucpro.regions import RegionParams
-from virnucpro.runtime.engine import Job, Plan, RunStats, plan_from_record, run_units
+from virnucpro.runtime.engine import Job, Pool, RunStats, run_units, start_pool
 from virnucpro.runtime.plan import (
     RuntimeConfig,
     check_runtime,
@@ -37,8 +37,9 @@ from virnucpro.runtime.plan import (
     resolve_models,
     worker_specs,
 )
+from virnucpro.runtime.protocol import Plan, Render, UnitResult, plan_from_record
 from virnucpro.runtime.units import UNITS_DIR, UnitStream, finished_units
-from virnucpro.runtime.worker import UnitResult
+from virnucpro.writer import PredictWriter
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
@@ -90,10 +91,12 @@ def _trained_chunk_size(path: Path) -> int | None:
         return None
 
 
-def plan_run(cfg: PredictConfig) -> RunPlan:
-    """Resolve models, identify the inputs and fingerprint the run."""
+def plan_run(cfg: PredictConfig, models: dict[str, Any] | None = None,
+             summary: InputSummary | None = None) -> RunPlan:
+    """Resolve models (unless given), identify the inputs (by the hashes the input check
+    took, when given) and fingerprint the run."""
     _check_config(cfg)
-    models = resolve_models(cfg.runtime, cfg.classifier, cfg.model_type)
+    models = models or resolve_models(cfg.runtime, cfg.classifier, cfg.model_type)
     trained = _trained_chunk_size(models["classifier"].path)
     chunk_size = cfg.chunk_size or trained or cfg.model_type
     if trained and trained != chunk_size:
@@ -106,7 +109,8 @@ def plan_run(cfg: PredictConfig) -> RunPlan:
               "region_switch_prob": cfg.regions.switch_prob,
               "save_embeddings": cfg.save_embeddings, **requested(cfg.runtime)}
     model_records = {k: model_record(m) for k, m in models.items()}
-    inputs = [input_record(p) for p in cfg.inputs]
+    hashes = summary.sha256 if summary is not None else (None,) * len(cfg.inputs)
+    inputs = [input_record(p, h) for p, h in zip(cfg.inputs, hashes, strict=True)]
     # The threshold and region settings only turn saved scores into calls: a finished run
     # rerun with other ones is re-thresholded, not recomputed (rethreshold.py).
     scored = {k: v for k, v in params.items() if k not in VERDICT_KEYS}
@@ -220,27 +224,32 @@ def _write_state(state: Path, plan: RunPlan, settled: Plan | None) -> None:
 
 
 # ------------------------------------------------------------------ entry point
+def _absolute(value: Any) -> Any:
+    """A path as run.json keeps it: absolute when it names something on this machine (a
+    hub id stays as given)."""
+    if isinstance(value, Path) or (isinstance(value, str) and value and Path(value).exists()):
+        return str(Path(value).resolve())
+    return value
+
+
 def _run_record(cfg: PredictConfig, plan: RunPlan, stats: RunStats, counts: dict[str, Any],
                 wall: float, startup: float | None, settled: Plan | None) -> dict[str, Any]:
-    stages: dict[str, Any] = {"read_and_translate": {"seconds": round(stats.read_seconds, 3)}}
+    stages: dict[str, Any] = {"read": {"seconds": round(stats.read_seconds, 3)}}
     for name, secs in stats.seconds.items():
         tok = stats.tokens.get(name)
         stages[name] = {"seconds": round(secs, 3),
                         "frames_per_s": round(stats.frames_scored / secs, 2) if secs else None}
         if tok is not None:
             stages[name] |= {"tokens": tok, "tokens_per_s": round(tok / secs, 1) if secs else None}
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
-              if k != "command_line"}
-    config["runtime"] = {k: (str(v) if isinstance(v, Path) else v)
+    config = {k: _absolute(v) for k, v in asdict(cfg).items()
+              if k not in ("command_line", "inputs")}
+    config["runtime"] = {k: _absolute(v) if k in ("dnabert", "esm", "models_dir") else v
                          for k, v in config["runtime"].items()}
-    record = settled.record() if settled is not None else None
     return {
         "virnucpro_version": __version__, "command_line": list(cfg.command_line),
         "fingerprint": plan.fingerprint, "params": plan.params, "config": config,
-        "plan": record, "models": plan.models, "inputs": plan.inputs,
-        "devices": list({w["device"]: w for w in record["workers"]}.values()) if record else [],
-        "workers": list(record["workers"]) if record else [],
-        "counts": counts,
+        "plan": settled.record() if settled is not None else None, "models": plan.models,
+        "inputs": plan.inputs, "counts": counts,
         "timing": {"wall_seconds": round(wall, 3), "frames_scored_this_run": stats.frames_scored,
                    # from the start until every worker had its models loaded and settled
                    "startup_seconds": round(startup, 3) if startup is not None else None,
@@ -249,21 +258,31 @@ def _run_record(cfg: PredictConfig, plan: RunPlan, stats: RunStats, counts: dict
     }
 
 
-def _run_engine(cfg: PredictConfig, plan: RunPlan, resume: Resume, read: ReadStats,
-                consume: Callable[[list[RecordFrames], UnitResult], None],
-                on_settled: Callable[[Plan], None]) -> RunStats:
+def render_settings(cfg: PredictConfig, chunk_size: int) -> Render:
+    """How the workers (and re-thresholding, and merge) render this run's rows."""
+    return Render(chunk_size, cfg.threshold, cfg.regions, cfg.save_embeddings)
+
+
+def _specs(cfg: PredictConfig, plan: RunPlan, recorded: Plan | None) -> Any:
+    return worker_specs(cfg.runtime, plan.paths, save_embeddings=cfg.save_embeddings,
+                        recorded=recorded, render=render_settings(cfg, plan.chunk_size))
+
+
+def _run_engine(cfg: PredictConfig, plan: RunPlan, resume: Resume, total: int | None,
+                consume: Callable[[Any, UnitResult], None],
+                on_settled: Callable[[Plan], None], pool: Pool | None,
+                read: ReadStats) -> RunStats:
     """Score the run's units (only its shard's, if it is one) on the chosen engine."""
     rt = cfg.runtime
-    specs = worker_specs(rt, plan.paths, save_embeddings=cfg.save_embeddings,
-                         recorded=resume.plan)
-    job = Job(specs, rt.request(), units_home(cfg), resume.done, resume.plan,
-              need_features=cfg.save_embeddings, progress=rt.progress, read=read)
+    job = Job(_specs(cfg, plan, resume.plan), rt.request(), units_home(cfg), resume.done,
+              resume.plan, need_features=cfg.save_embeddings, progress=rt.progress,
+              total=total)
     units = UnitStream(cfg.inputs, plan.chunk_size, rt.unit_frames, cfg.shard).units(read)
     if rt.engine == "ray":
         from virnucpro.runtime.ray_engine import run_units_ray
 
         return run_units_ray(job, units, consume, on_settled, address=rt.ray_address)
-    return run_units(job, units, consume, on_settled)
+    return run_units(job, units, consume, on_settled, pool)
 
 
 def run_predict(cfg: PredictConfig) -> dict[str, Any]:
@@ -283,26 +302,56 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
         raise
 
 
-def _check_inputs(cfg: PredictConfig) -> None:
+def _check_inputs(cfg: PredictConfig, chunk_size: int) -> InputSummary:
     """The streaming pre-pass: a bad record anywhere in a regular file is found before any
-    model is loaded or any state is written (stdin is checked as it is read)."""
+    unit is scored or any state is written (stdin is checked as it is read); each file is
+    hashed as it is read, and its chunks counted for the progress total."""
     t0 = time.perf_counter()
-    summary = validate_inputs(cfg.inputs)
+    summary = validate_inputs(cfg.inputs, chunk_size)
     if summary.files:
         log.info("inputs checked: %d records, %d bases in %d file%s (%.1f s)", summary.records,
                  summary.bases, summary.files, "" if summary.files == 1 else "s",
                  time.perf_counter() - t0)
+    return summary
+
+
+def _early_pool(cfg: PredictConfig, plan: RunPlan) -> Pool | None:
+    """Start the workers before the input check, so their models load meanwhile: with the
+    plan an unfinished run here recorded, if any (the check then confirms it is this run).
+    Not for the Ray engine, nor when the directory holds a finished run (nothing may need
+    scoring)."""
+    out = cfg.output_dir
+    state = None if cfg.force else _read_state(out / outputs.STATE_DIR / STATE_FILE)
+    if cfg.runtime.engine != "local" or (state is None and not cfg.force
+                                         and outputs.predict_paths(out)["run"].exists()):
+        return None
+    recorded = plan_from_record((state or {}).get("plan"))
+    job_specs = _specs(cfg, plan, recorded)
+    pool = start_pool(Job(job_specs, cfg.runtime.request(), units_home(cfg)))
+    pool.begin(cfg.runtime.request(), recorded)
+    return pool
 
 
 def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
     from virnucpro import mqc, shards
 
     t0 = time.perf_counter()
-    _check_inputs(cfg)
-    plan = plan_run(cfg)
-    found = prepare_output(cfg, plan)
+    models = resolve_models(cfg.runtime, cfg.classifier, cfg.model_type)
+    chunk_size = cfg.chunk_size or _trained_chunk_size(models["classifier"].path) \
+        or cfg.model_type
+    pool = _early_pool(cfg, RunPlan(chunk_size, {}, [], {}, "", "", model_paths(models)))
+    try:
+        summary = _check_inputs(cfg, chunk_size)
+        plan = plan_run(cfg, models, summary)
+        found = prepare_output(cfg, plan)
+    except BaseException:
+        if pool is not None:
+            pool.close(False)
+        raise
     state = cfg.output_dir / outputs.STATE_DIR
     if isinstance(found, Finished):
+        if pool is not None:
+            pool.close(False)
         old = found.record.get("params", {})
         if all(old.get(k) == plan.params[k] for k in VERDICT_KEYS):
             log.info("%s already holds this finished run; nothing to do (--force recomputes)",
@@ -310,27 +359,30 @@ def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
             return found.record
         from virnucpro.rethreshold import rethreshold
 
-        record = rethreshold(cfg.inputs, cfg.output_dir, found.record, cfg.threshold,
-                             cfg.regions, cfg.shard)
+        record = rethreshold(cfg.inputs, cfg.output_dir, found.record,
+                             render_settings(cfg, plan.chunk_size), cfg.shard)
         shutil.rmtree(state, ignore_errors=True)
         return record
     # A shard's own files cover its records; its features stay in its units, for merge.
-    writer = outputs.PredictWriter(cfg.output_dir, state / "tmp", cfg.threshold,
-                                   cfg.save_embeddings and cfg.shard is None, cfg.regions)
+    writer = PredictWriter(cfg.output_dir, state / "tmp",
+                           replace(render_settings(cfg, plan.chunk_size),
+                                   save_embeddings=cfg.save_embeddings and cfg.shard is None),
+                           partial_ok=cfg.shard is not None)
     consumed: list[int] = []
-    read = ReadStats()
     startup: list[float] = []
+    read = ReadStats()
 
-    def consume(records: list[RecordFrames], r: UnitResult) -> None:
-        writer.add(records, r.scores, r.embeddings)
+    def consume(record: Any, r: UnitResult) -> None:
+        writer.add(r.rendered, record, r.embeddings)
         consumed.append(r.index)
 
     def on_settled(p: Plan) -> None:
         startup.append(time.perf_counter() - t0)
         _write_state(state, plan, p)
 
+    total = summary.chunks if summary.files == len(cfg.inputs) and cfg.shard is None else None
     try:
-        stats = _run_engine(cfg, plan, found, read, consume, on_settled)
+        stats = _run_engine(cfg, plan, found, total, consume, on_settled, pool, read)
     except BaseException:
         writer.abort()
         raise
@@ -348,6 +400,16 @@ def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
 
 
 def _log_summary(record: dict[str, Any], out: Path) -> None:
-    n = record["counts"]["sequences"]
-    log.info("%d sequence%s: %s; outputs in %s", n, "" if n == 1 else "s",
-             ", ".join(f"{v} {k}" for k, v in record["counts"]["predictions"].items()), out)
+    """The one line a run ends with: sequences and their calls, frames, wall time, rate."""
+    counts, timing = record["counts"], record["timing"]
+    n, wall = counts["sequences"], timing["wall_seconds"]
+    scored = timing["frames_scored_this_run"]
+    log.info("done: %d sequence%s (%s), %d frames, %s wall, %.0f frames/s scored; outputs in %s",
+             n, "" if n == 1 else "s",
+             ", ".join(f"{v} {k}" for k, v in counts["predictions"].items()), counts["frames"],
+             _hms(wall), scored / wall if wall else 0.0, out)
+
+
+def _hms(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"

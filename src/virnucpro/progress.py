@@ -36,76 +36,82 @@ def byte_bar(label: str, total: int | None, enabled: bool,
 
 
 class Progress:
-    """A live bar on stderr: the share of the input scored (by bytes, so it has a total and an
-    ETA from the first unit on), frames scored and per-device rates.
+    """A live bar on stderr: chunks scored against the total the input check counted, frames
+    scored, per-device rates and an ETA from the scoring rate so far; elapsed time and ETA
+    tick every second, not only when a unit finishes. Without a total (stdin) it counts up.
 
     Without a live display (not a terminal, or --no-progress) the same facts go to the log
     once a minute, so long runs under a batch scheduler still show where they are."""
 
     LOG_EVERY = 60.0  # seconds between progress log lines without a live display
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, total: int | None = None, unit: str = "chunks") -> None:
         import time
 
-        self._clock = time.perf_counter
+        self._clock = time.monotonic
+        self.total, self.unit = total, unit
         self.bar: Any = None
         self.t0 = self.logged = self._clock()
         if enabled:
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
             self.bar = RichProgress(TextColumn("[bold]scoring"), BarColumn(),
-                                    TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                                    TextColumn("ETA"), TimeRemainingColumn(),
+                                    TextColumn("{task.percentage:>3.0f}%" if total else ""),
+                                    TimeElapsedColumn(), _EtaColumn(self),
                                     TextColumn("{task.description}"),
-                                    console=Console(stderr=True), transient=True)
-            self.task = self.bar.add_task("", total=None)
+                                    console=Console(stderr=True), transient=True,
+                                    refresh_per_second=2)
+            self.task = self.bar.add_task("", total=total)
             self.bar.start()
+        self.done = 0
 
-    def update(self, done: int, seen: int, all_read: bool,
-               frames_per_device: dict[str, int],
-               input_bytes: tuple[int, int] | None = None) -> None:
-        """`done` frames scored of `seen` read so far (`all_read`: the input is read);
-        `input_bytes`: (bytes of input scored, bytes in all) when the size is known."""
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far; None without a total or before any work."""
+        if not self.total or self.done <= 0:
+            return None
+        rate = self.done / max(self._clock() - self.t0, 1e-9)
+        return max(self.total - self.done, 0) / rate
+
+    def update(self, done: int, frames: int, frames_per_device: dict[str, int]) -> None:
+        """`done` chunks (or the display's unit) of `total` scored, `frames` frames."""
+        self.done = done
         now = self._clock()
         if self.bar is None and now - self.logged < self.LOG_EVERY:
             return
         elapsed = max(now - self.t0, 1e-9)
         rates = " ".join(f"{dev} {n / elapsed:.0f}/s"
                          for dev, n in sorted(frames_per_device.items()))
-        frames = f"{done} of {seen} frames" if all_read else f"{done} frames"
+        of = f" of {self.total}" if self.total else ""
+        text = f"{done}{of} {self.unit}, {frames} frames; frames/s: {rates or 'n/a'}"
         if self.bar is None:
             self.logged = now
-            log.info("%s", _line(frames, rates, input_bytes, elapsed))
+            eta = self.eta()
+            share = f"{done / self.total:.0%} scored, " if self.total else ""
+            left = f"; ETA {_clock(eta)}" if eta is not None else ""
+            log.info("%s%s%s", share, text, left)
             return
-        if input_bytes is not None:
-            self.bar.update(self.task, completed=input_bytes[0], total=max(input_bytes[1], 1),
-                            description=f"{frames}  {rates}")
-        else:
-            self.bar.update(self.task, completed=done, total=seen if all_read else None,
-                            description=f"{frames}  {rates}")
+        self.bar.update(self.task, completed=done, description=text)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
 
 
-def _line(frames: str, rates: str, input_bytes: tuple[int, int] | None,
-          elapsed: float) -> str:
-    """One progress line for the log: scored share of the input and ETA where known."""
-    text = f"{frames} scored; frames/s: {rates or 'n/a'}"
-    if input_bytes is None or input_bytes[1] <= 0:
-        return text
-    share = min(input_bytes[0] / input_bytes[1], 1.0)
-    eta = elapsed * (1 - share) / share if share > 0 else None
-    left = "unknown" if eta is None else _clock(eta)
-    return f"{share:.0%} of the input scored, {text}; ETA {left}"
+class _EtaColumn:
+    """ETA from the scoring rate since the start, recomputed at every refresh."""
+
+    def __new__(cls, progress: Progress) -> Any:
+        from rich.progress import ProgressColumn
+        from rich.text import Text
+
+        class Column(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                eta = progress.eta()
+                return Text("ETA " + ("-:--:--" if eta is None else _clock(eta)))
+
+        return Column()
 
 
 def _clock(seconds: float) -> str:

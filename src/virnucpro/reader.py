@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import dnaio
 import numpy as np
@@ -94,6 +94,8 @@ class InputSummary:
     bases: int  # sequence characters, blanks dropped
     bytes: int  # size of those files on disk, compressed or not
     rna_records: int  # records that had a U or u
+    chunks: int = 0  # chunks of `chunk_size` those records are cut into (0: not asked)
+    sha256: tuple[str | None, ...] = ()  # per input: of its raw bytes; None for stdin, pipes
 
 
 class _Read(NamedTuple):
@@ -166,8 +168,10 @@ def read_records(paths: Sequence[str], stats: ReadStats | None = None) -> Iterat
     stats.bytes_done = starts[-1]  # the parser reads each file to its end
 
 
-def validate_inputs(paths: Sequence[str]) -> InputSummary:
-    """Read every regular input once, as `read_records` will, before any model loads.
+def validate_inputs(paths: Sequence[str], chunk_size: int | None = None) -> InputSummary:
+    """Read every regular input once, as `read_records` will, before any model loads; hash
+    each one's raw bytes on the way (so it is read once for both), and count the chunks of
+    `chunk_size` its records are cut into (for an exact progress total).
 
     Raises the `InputError` that `read_records` would raise for the same input; memory stays
     constant apart from the record-id set. Stdin ('-'), pipes and other special files cannot
@@ -175,26 +179,34 @@ def validate_inputs(paths: Sequence[str]) -> InputSummary:
     are checked only by `read_records`."""
     check_inputs(paths)
     sizes = _regular_sizes(paths)
-    records = bases = rna = 0
+    records = bases = rna = chunks = 0
     skip = {i for i, size in enumerate(sizes) if size is None}
-    for _, read in _checked(paths, skip):
+    digests = {i: hashlib.sha256() for i in range(len(paths)) if i not in skip}
+    for _, read in _checked(paths, skip, digests):
+        n = len(read.record.seq)
         records += 1
-        bases += len(read.record.seq)
+        bases += n
         rna += read.rna
+        if chunk_size and n:
+            chunks += -(-n // chunk_size)
     regular = [size for size in sizes if size is not None]
     return InputSummary(files=len(regular), records=records, bases=bases, bytes=sum(regular),
-                        rna_records=rna)
+                        rna_records=rna, chunks=chunks,
+                        sha256=tuple(digests[i].hexdigest() if i in digests else None
+                                     for i in range(len(paths))))
 
 
-def _checked(paths: Sequence[str], skip: Container[int] = ()) -> Iterator[tuple[int, _Read]]:
+def _checked(paths: Sequence[str], skip: Container[int] = (),
+             digests: dict[int, Any] | None = None) -> Iterator[tuple[int, _Read]]:
     """The checked records of `paths`, except the files numbered in `skip`, with the index of
-    their file; ids must be unique across all files."""
+    their file; ids must be unique across all files. `digests`: hashes that each file's raw
+    bytes are fed into, by file index."""
     seen = SeenIds()
     for file_no, path in enumerate(paths):
         if file_no in skip:
             continue
         number = 0
-        for read in _read_file(path):
+        for read in _read_file(path, (digests or {}).get(file_no)):
             number = read.number
             first = seen.add(read.record.id, file_no << 40 | number)  # (file, record) in an int
             if first is not None:
@@ -264,23 +276,57 @@ class SeenIds:
         self._hashes, self._places, self._recent = hashes[order], places[order], {}
 
 
-def _read_file(source: str) -> Iterator[_Read]:
-    """Open one input, detect compression and format, and yield its checked records."""
+def _read_file(source: str, digest: Any = None) -> Iterator[_Read]:
+    """Open one input, detect compression and format, and yield its checked records;
+    `digest` (a hashlib object) is fed every raw byte of the file."""
     path = _display(source)
-    raw = _open_raw(source)
+    file = raw = _open_raw(source)
     regular = source != "-" and stat.S_ISREG(os.fstat(raw.fileno()).st_mode)
+    hashing = None if digest is None else _Hashing(file, digest)
+    if hashing is not None:
+        raw = io.BufferedReader(hashing, _BLOCK)
     try:
         stream = io.BufferedReader(xopen.xopen(raw, "rb", threads=0), _BLOCK)
         fasta = _is_fasta(path, stream)
         for number, (record, rna) in enumerate(_parse(stream, fasta, path, source), 1):
             # The position in the raw file under the decompressor: compressed bytes consumed.
             yield _Read(number, record, rna, raw.tell() if regular else None)
+        if hashing is not None:
+            hashing.drain()  # bytes a decompressor left unread count too
     except _DECOMPRESS_ERRORS as exc:
         raise InputError(
             f"{path}: cannot read: {_one_line(exc)} (truncated or corrupt file?)"
         ) from None
     finally:
-        raw.close()  # stdin too: '-' is read once, and dnaio's text wrapper closes it anyway
+        file.close()  # stdin too: '-' is read once, and dnaio's text wrapper closes it anyway
+
+
+class _Hashing(io.RawIOBase):
+    """A raw file that feeds every byte read through it into a hash."""
+
+    def __init__(self, raw: BinaryIO, digest: Any) -> None:
+        self._raw, self._digest, self._pos = raw, digest, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            self._digest.update(memoryview(buffer)[:n])
+            self._pos += n
+        return n
+
+    def tell(self) -> int:
+        return self._pos
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def drain(self) -> None:
+        """Hash the rest of the file (the parser closed this wrapper, not the file)."""
+        while block := self._raw.read(_BLOCK):
+            self._digest.update(block)
 
 
 def _display(path: str) -> str:

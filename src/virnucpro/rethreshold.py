@@ -3,8 +3,9 @@ verdict files are rewritten from the frame scores it saved, in seconds, without 
 
 The scores come from `prediction_results.txt` (float32 in shortest round-trip form, so they
 read back exactly); the records come from the inputs again (checked by sha256 against
-run.json), chunked and translated as the run did; both go through the same writer a run uses,
-so the files equal those of a run made with the new settings from the start.
+run.json), cut into the run's units, chunked and translated as the workers did (here, in this
+process: no model is needed); both go through the same rendering and writer a run uses, so
+the files equal those of a run made with the new settings from the start.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,12 @@ import numpy as np
 
 from virnucpro import mqc, outputs
 from virnucpro.errors import OutputError
+from virnucpro.frames import piece_frames
 from virnucpro.reader import ReadStats
-from virnucpro.regions import RegionParams
+from virnucpro.render import render_unit
+from virnucpro.runtime.protocol import Render
 from virnucpro.runtime.units import UnitStream
+from virnucpro.writer import PredictWriter
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +58,9 @@ def _take(rows: Iterator[tuple[str, float, float]], frame_ids: tuple[str, ...],
 
 
 def rethreshold(inputs: tuple[str, ...], out_dir: Path, finished: dict[str, Any],
-                threshold: float, regions: RegionParams, shard: tuple[int, int] | None,
-                ) -> dict[str, Any]:
+                render: Render, shard: tuple[int, int] | None) -> dict[str, Any]:
     """Rewrite the verdict files of the finished run in `out_dir` (whose run.json is
-    `finished`) at `threshold` with `regions`; returns the new run.json."""
+    `finished`) with `render`'s threshold and region settings; returns the new run.json."""
     t0 = time.perf_counter()
     if "-" in inputs:
         raise OutputError(f"{out_dir}: its finished run read stdin, which cannot be read "
@@ -64,13 +68,18 @@ def rethreshold(inputs: tuple[str, ...], out_dir: Path, finished: dict[str, Any]
     params = finished["params"]
     paths = outputs.predict_paths(out_dir)
     rows = saved_scores(paths["predictions"])
-    writer = outputs.PredictWriter(out_dir, out_dir / outputs.STATE_DIR / "tmp", threshold,
-                                   save_embeddings=False, regions=regions)
+    render = replace(render, save_embeddings=False)
+    writer = PredictWriter(out_dir, out_dir / outputs.STATE_DIR / "tmp", render,
+                           partial_ok=shard is not None)
     read = ReadStats()
     stream = UnitStream(inputs, params["chunk_size"], params["unit_frames"], shard)
     try:
-        for unit, records in stream.units(read):
-            writer.add(records, _take(rows, unit.frame_ids, paths["predictions"]))
+        for unit, record in stream.units(read):
+            records = piece_frames(unit.pieces, render.chunk_size)
+            ids = tuple(f.id for rf in records for fs in rf.frames for f in fs)
+            scores = _take(rows, ids, paths["predictions"])
+            writer.add(render_unit(records, unit.pieces, scores, render.threshold,
+                                   render.regions, render.chunk_size), record)
         if next(rows, None) is not None:
             raise OutputError(f"{paths['predictions']}: holds more frames than the inputs; "
                               "use --force to recompute")
@@ -78,8 +87,10 @@ def rethreshold(inputs: tuple[str, ...], out_dir: Path, finished: dict[str, Any]
         writer.abort()
         raise
     counts = {**writer.counts(), "rna_records": read.rna_records}
-    new = {**params, "threshold": threshold, "min_region_length": regions.min_region_length,
-           "region_switch_prob": regions.switch_prob}
+    threshold = render.threshold
+    new = {**params, "threshold": threshold,
+           "min_region_length": render.regions.min_region_length,
+           "region_switch_prob": render.regions.switch_prob}
     record = {**finished, "params": new, "counts": counts,
               "rethresholded": {"from": params.get("threshold"),
                                 "seconds": round(time.perf_counter() - t0, 3)}}

@@ -1,15 +1,17 @@
 """Shards: one predict run split over N independent jobs, and `virnucpro merge` to join them.
 
-Every shard builds the same work units from the whole input (reading and translating are
-cheap next to the models) and scores only its own: each unit, in input order, goes to the
-shard with the least work so far. The split therefore depends only on the input and
-`--unit-frames`, and each unit is scored with exactly the batches a single run would use.
+Every shard builds the same work units from the whole input (reading is cheap next to the
+models) and scores only its own: each unit, in input order, goes to the shard with the least
+work so far. The split therefore depends only on the input and `--unit-frames`, and each unit
+is scored with exactly the batches a single run would use. A long record cut into parts may
+have them in different shards: its sequence row, viral.fna record and regions appear only in
+the merged output.
 
 A finished shard directory holds predict's usual files for its own records, its scored
-units (`units/NNNNNN.npz`: frame ids, scores and, with --save-embeddings, the features) and
-`shard.json`. `merge` reads the original inputs again and hands every unit, with the scores
-its shard saved, to the same writer a single run uses: the files come out byte-identical to a
-single run's by construction.
+units (`units/NNNNNN.npz`: scores, rendered rows and, with --save-embeddings, the features)
+and `shard.json`. `merge` reads the original inputs again and renders every unit from the
+scores its shard saved, with the same functions and writer a single run uses: the files come
+out byte-identical to a single run's by construction.
 
 """
 
@@ -26,10 +28,12 @@ from typing import Any, TypeVar
 
 from virnucpro import files, mqc, outputs
 from virnucpro.errors import InputError, OutputError
+from virnucpro.frames import piece_frames
 from virnucpro.reader import ReadStats
 from virnucpro.regions import RegionParams
-from virnucpro.runtime.batching import WorkUnit
+from virnucpro.render import render_unit
 from virnucpro.runtime.plan import input_record
+from virnucpro.runtime.protocol import RecordUnit, Render, UnitResult
 from virnucpro.runtime.units import (
     UNITS_DIR,
     Balancer,
@@ -37,7 +41,7 @@ from virnucpro.runtime.units import (
     load_unit,
     unit_path,
 )
-from virnucpro.runtime.worker import UnitResult, empty_result
+from virnucpro.writer import PredictWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -192,8 +196,8 @@ def _prepare_merge_output(out_dir: Path, state: Path, shards: Sequence[Shard],
     shutil.rmtree(state, ignore_errors=True)
 
 
-def _owned_units(shards: Sequence[Shard], stream: Iterable[tuple[WorkUnit, T]],
-                 ) -> Iterator[tuple[Shard, WorkUnit, T]]:
+def _owned_units(shards: Sequence[Shard], stream: Iterable[tuple[RecordUnit, T]],
+                 ) -> Iterator[tuple[Shard, RecordUnit, T]]:
     """Every unit of the run with the shard that scored it; checks the shards' unit lists
     against the split recomputed from the inputs."""
     balancer = Balancer(len(shards))
@@ -209,9 +213,7 @@ def _owned_units(shards: Sequence[Shard], stream: Iterable[tuple[WorkUnit, T]],
             raise InputError(f"{s.dir}: lists more units than the inputs have")
 
 
-def _load(shard: Shard, unit: WorkUnit, need_features: bool) -> UnitResult:
-    if unit.n_frames == 0:
-        return empty_result(unit)
+def _load(shard: Shard, unit: RecordUnit, need_features: bool) -> UnitResult:
     try:
         return load_unit(shard.dir, unit, need_features=need_features)
     except FileNotFoundError:
@@ -231,10 +233,10 @@ def _merged_record(shards: Sequence[Shard], inputs: Sequence[str], out_dir: Path
                   for rec, p in zip(base["inputs"], inputs, strict=True)]
     return {
         **base, "command_line": list(command_line), "fingerprint": shards[0].run_fingerprint,
-        "config": {**base["config"], "output_dir": str(out_dir), "shard": None},
+        "config": {**base["config"], "output_dir": str(Path(out_dir).resolve()), "shard": None},
         "inputs": run_inputs, "counts": counts,
-        "devices": [d for s in shards for d in s.run["devices"]],
-        "workers": [w for s in shards for w in s.run["workers"]],
+        "plan": {**(base.get("plan") or {}), "workers": [
+            w for s in shards for w in (s.run.get("plan") or {}).get("workers", [])]},
         "timing": {"wall_seconds": round(wall, 3), "shards": [
             {"shard": s.name, "dir": str(s.dir.resolve()), **s.run["timing"]} for s in shards]},
         "merged_from": [str(s.dir.resolve()) for s in shards],
@@ -261,15 +263,20 @@ def _write_merged(shards: Sequence[Shard], inputs: tuple[str, ...], out_dir: Pat
                   command_line: Sequence[str], t0: float) -> dict[str, Any]:
     params = shards[0].run["params"]
     features = bool(params["save_embeddings"])
-    regions = RegionParams(params["min_region_length"], params["region_switch_prob"])
-    writer = outputs.PredictWriter(out_dir, state / "merge", params["threshold"], features,
-                                   regions)
+    render = Render(params["chunk_size"], params["threshold"],
+                    RegionParams(params["min_region_length"], params["region_switch_prob"]),
+                    features)
+    writer = PredictWriter(out_dir, state / "merge", render)
     stream = UnitStream(inputs, params["chunk_size"], params["unit_frames"])
     read = ReadStats()
     try:
-        for shard, unit, records in _owned_units(shards, stream.units(read)):
+        for shard, unit, record in _owned_units(shards, stream.units(read)):
+            # Rendered again from the saved scores: a shard may have been re-thresholded.
             result = _load(shard, unit, features)
-            writer.add(records, result.scores, result.embeddings)
+            rendered = render_unit(piece_frames(unit.pieces, render.chunk_size), unit.pieces,
+                                   result.scores, render.threshold, render.regions,
+                                   render.chunk_size, features)
+            writer.add(rendered, record, result.embeddings)
     except BaseException:
         writer.abort()
         shutil.rmtree(state, ignore_errors=True)

@@ -36,7 +36,7 @@ from virnucpro.frames import RecordFrames, iter_record_frames
 from virnucpro.models.classifier import INFO_FILE, WEIGHTS_FILE, ClassifierInfo, MLPClassifier
 from virnucpro.reader import check_inputs, read_records
 from virnucpro.runtime.batching import WorkUnit, iter_units
-from virnucpro.runtime.engine import Job, Plan, RunStats, plan_from_record, run_units
+from virnucpro.runtime.engine import Job, RunStats, run_units
 from virnucpro.runtime.plan import (
     RuntimeConfig,
     identity,
@@ -47,8 +47,8 @@ from virnucpro.runtime.plan import (
     resolve_models,
     worker_specs,
 )
+from virnucpro.runtime.protocol import Plan, UnitResult, empty_result, plan_from_record
 from virnucpro.runtime.units import finished_units, load_unit
-from virnucpro.runtime.worker import UnitResult, empty_result
 from virnucpro.selection import Selection, kept_records, read_cds_proteins, select_frames
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def _embed(cfg: TrainConfig, plan: EmbedPlan, units: Iterator[tuple[WorkUnit, An
 
 
 def _cached(cache: Path, unit: WorkUnit) -> UnitResult:
-    return load_unit(cache, unit) if unit.n_frames else empty_result(unit)
+    return load_unit(cache, unit) if unit.n_frames else empty_result(unit.index)
 
 
 # ------------------------------------------------------------------ fitting

@@ -27,6 +27,11 @@ class WorkUnit:
         return len(self.frame_ids)
 
     @property
+    def work(self) -> int:
+        """What the progress display counts: frames."""
+        return self.n_frames
+
+    @property
     def cost(self) -> int:
         """Residues + bases: a proxy for compute, used to size units."""
         return sum(map(len, self.proteins)) + sum(map(len, self.nucleotides))

@@ -3,7 +3,6 @@
 - `choose_cpu_linears`: each model's CPU linear layers on the faster of MKL and oneDNN here,
   timed at worker start (`use_onednn_linears` does the swap);
 - `keep_freed_buffers` / `release_free_memory`: glibc malloc tuned for big activations;
-- `available_cpus`: the CPUs this process may use (affinity mask and cgroup quota);
 - `apply_process_settings`: what a worker process sets for itself at start.
 
 oneDNN or MKL linears: same products, timed per machine.
@@ -41,10 +40,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -244,65 +241,6 @@ def apply_process_settings(device: str, threads: int) -> None:
     torch.set_num_threads(threads)
     if device == "cpu":
         keep_freed_buffers()
-
-
-def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: its affinity mask (taskset, SLURM, cpusets), capped by a
-    cgroup CPU quota (containers); `os.cpu_count()` sees neither."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    quota = cgroup_cpu_quota(cgroup_root)
-    if quota is not None:
-        n = min(n, max(1, math.floor(quota)))
-    return max(1, n)
-
-
-def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """CPUs' worth of time the cgroup of this process may use, or None when unlimited.
-    cgroup v2 (`cpu.max`) in this process's own group and the root; else cgroup v1."""
-    own = _own_cgroup_v2()
-    for path in ([root / own.lstrip("/") / "cpu.max"] if own else []) + [root / "cpu.max"]:
-        quota = parse_cpu_max(_read(path))
-        if quota is not None:
-            return quota
-    return parse_cfs_quota(_read(root / "cpu" / "cpu.cfs_quota_us"),
-                           _read(root / "cpu" / "cpu.cfs_period_us"))
-
-
-def parse_cpu_max(text: str | None) -> float | None:
-    """cgroup v2 `cpu.max` ("max 100000" or "QUOTA PERIOD") as a number of CPUs."""
-    parts = (text or "").split()
-    if len(parts) != 2 or parts[0] == "max":
-        return None
-    try:
-        return int(parts[0]) / int(parts[1])
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def parse_cfs_quota(quota: str | None, period: str | None) -> float | None:
-    """cgroup v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us` as a number of CPUs (-1: none)."""
-    try:
-        q, p = int((quota or "").strip()), int((period or "").strip())
-    except ValueError:
-        return None
-    return q / p if q > 0 and p > 0 else None
-
-
-def _own_cgroup_v2() -> str | None:
-    for line in (_read(Path("/proc/self/cgroup")) or "").splitlines():
-        if line.startswith("0::"):
-            return line[3:].strip()
-    return None
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
 
 
 # ------------------------------------------------------------------ glibc malloc

@@ -1,24 +1,25 @@
 """Which devices a run uses, in which precision, and how big its batches may be.
 
-Imported by the runtime only (never by `--help` or `translate`), so torch is imported here
-at the top. The rules are pure functions of plain values (`parse_devices`, `dtype_for`,
+The rules are pure functions of plain values (`parse_devices`, `dtype_for`,
 `common_precision`, `esm_token_budget_for`, `dnabert_token_budget_for`) so they are
-testable without a GPU. What needs the device itself (`describe_device`, `free_memory`)
-runs in the workers: the parent process never creates a CUDA context.
+testable without a GPU, and torch-free: the parent uses them and never imports torch
+(`visible_gpus` counts GPUs from the driver's files). What needs the device itself
+(`describe_device`, `free_memory`, `torch_dtype`) runs in the workers, which import torch.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from typing import Any
-
-import torch
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from virnucpro.errors import VirnucproError
 
+if TYPE_CHECKING:
+    import torch
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # DNABERT-S tokens per batch on a CPU, and the floor on a GPU; bf16 halves activation memory,
 # so more fit.
@@ -84,9 +85,24 @@ def _gpu_index(text: str, n_cuda: int, what: str) -> int:
     return index
 
 
-def visible_gpus() -> int:
-    """How many CUDA devices this process sees, without creating a CUDA context."""
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+def visible_gpus(driver: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """How many CUDA devices a worker of this process will see, without importing torch:
+    the entries of CUDA_VISIBLE_DEVICES when it is set (as CUDA reads it: up to the first
+    invalid one), else the GPUs the NVIDIA driver lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        present = len(list(driver.iterdir()))
+    except OSError:  # no NVIDIA driver
+        present = 0
+    if visible is None:
+        return present
+    count = 0
+    for entry in visible.split(","):
+        entry = entry.strip()
+        if not entry or (entry.lstrip("-").isdigit() and int(entry) < 0):
+            break  # CUDA ignores this entry and every one after it
+        count += 1
+    return min(count, present) if present else 0
 
 
 # ------------------------------------------------------------------ precision
@@ -118,13 +134,17 @@ def common_precision(capabilities: list[tuple[int, int] | None], precision: str)
 
 def torch_dtype(precision: str) -> torch.dtype:
     """'fp32' | 'bf16' | 'fp16' -> the torch dtype."""
-    return _DTYPES[precision]
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 # ------------------------------------------------------------------ description
 def describe_device(device: torch.device) -> dict[str, Any]:
     """Name, compute capability and memory (bytes) of a device, for logs and run.json.
     Called in the worker that owns the device (it initialises CUDA)."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -198,6 +218,8 @@ def dnabert_token_budget_for(free_bytes: int, dtype_bytes: int, floor: int, *,
 
 def free_memory(device: torch.device) -> int | None:
     """Free bytes on a CUDA device right now; None on a CPU."""
+    import torch
+
     device = torch.device(device)
     if device.type != "cuda":
         return None

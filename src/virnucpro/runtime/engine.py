@@ -1,142 +1,166 @@
 """Running work units on worker processes: the same machinery for every command and device.
 
-One spawned process per worker (`worker.worker_main`), also when there is only one, so the
-caller's process keeps its settings and a failed worker can always be stopped. The workers
-first settle the run with this process (`Pool.settle`): each reports its device, the run takes
-the best precision every device supports, every worker loads its models, each proposes the
-batch budgets its device can take, and the run takes the smallest, so that a unit's numbers
-do not depend on which worker scored it. A plan recorded by an earlier, interrupted run is
-reused as it is.
+One child process per worker (`python -m virnucpro.runtime.serve`), also when there is only
+one, so the caller's process keeps its settings, never imports torch, and a failed worker can
+always be stopped. Parent and workers talk over pipes (`protocol.Channel`): a killed run
+leaves no semaphore or shared-memory file behind, and a worker never re-imports the caller's
+main module (a script without an `if __name__ == "__main__":` guard, `python -`, `-c`).
 
-Then a feeder thread produces units ahead of the models (chunking and translation happen
-there); workers pull them from one shared queue, so a faster device simply takes more; results
-come back in unit order and each newly scored unit is saved, so a killed run started again
-reuses it.
+The workers first settle the run with this process (`Pool.begin`, then `Pool.settle`): each
+reports its device, the run takes the best precision every device supports, every worker
+loads its models (while this process still checks the inputs), each proposes the batch
+budgets its device can take, and the run takes the smallest, so that a unit's numbers do not
+depend on which worker scored it. A plan recorded by an earlier, interrupted run is reused as
+it is.
+
+Then a feeder thread reads records into units ahead of the models and hands each to the
+worker with the fewest units in flight, so a faster device simply takes more; results come
+back in unit order and each newly scored unit is saved, so a killed run started again reuses
+it. The parent does no per-frame work: chunking, translation, scoring and rendering all
+happen in the workers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from virnucpro.errors import VirnucproError
 from virnucpro.progress import Progress
 from virnucpro.runtime.batching import WorkUnit
+from virnucpro.runtime.protocol import (
+    Channel,
+    Plan,
+    Request,
+    Settings,
+    UnitResult,
+    WorkerSpec,
+    empty_result,
+)
 from virnucpro.runtime.units import load_unit, save_unit
-from virnucpro.runtime.worker import Settings, UnitResult, WorkerSpec, empty_result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 POLL_SECONDS = 0.5  # how often a silent wait checks that every worker is alive
-STOP_SECONDS = 10.0  # how long finished workers get to exit before they are terminated
-
-
-@dataclass(frozen=True)
-class Request:
-    """What the user asked for that the workers settle: `None` budgets mean "auto"."""
-
-    precision: str = "auto"
-    dnabert_budget: int | None = None
-    esm_budget: int | None = None
-    device: str = "auto"  # as asked; the Ray engine places its actors by it
-    workers: int | None = None
-    threads: int | None = None
-    compile: bool | None = None  # None: on CUDA devices only
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a run settled: its Settings, and each worker's device and proposal."""
-
-    settings: Settings
-    threads: int
-    workers: tuple[dict[str, Any], ...]
-
-    def record(self) -> dict[str, Any]:
-        """As state.json and run.json keep it (`plan_from_record` reads it back)."""
-        return {**asdict(self.settings), "threads": self.threads, "workers": list(self.workers)}
-
-
-def plan_from_record(record: dict[str, Any] | None) -> Plan | None:
-    """The plan an earlier run recorded, or None."""
-    if not record:
-        return None
-    try:
-        settings = Settings(str(record["dtype"]), int(record["dnabert_budget"]),
-                            int(record["esm_budget"]), bool(record.get("compile", False)))
-        return Plan(settings, int(record["threads"]), tuple(record.get("workers", ())))
-    except (KeyError, TypeError, ValueError):
-        return None
+STOP_SECONDS = 10.0  # how long finished workers get to exit before they are killed
+PER_WORKER = 2  # units sent to a worker before its first result comes back
+BACKEND = "virnucpro.runtime.worker:TorchBackend"  # what computes scores in a worker
 
 
 # ------------------------------------------------------------------ the worker processes
 class Pool:
-    """The worker processes of a run and the queues they share."""
+    """The worker processes of a run, one pipe pair each."""
 
-    def __init__(self, specs: tuple[WorkerSpec, ...],
-                 target: Callable[..., None] | None = None) -> None:
-        """`target`: the worker process's function (default `worker.worker_main`); a
-        benchmark of the orchestration passes a stand-in with the same protocol."""
-        import multiprocessing as mp
-
-        from virnucpro.runtime.worker import worker_main
-
-        ctx = mp.get_context("spawn")  # CUDA cannot be used after fork
+    def __init__(self, specs: tuple[WorkerSpec, ...], backend: str = BACKEND,
+                 pythonpath: str | None = None) -> None:
+        """`backend`: "module:factory" of what scores in the workers (a benchmark of the
+        orchestration passes a stand-in); `pythonpath`: where the workers find it."""
         self.specs = specs
-        self.tasks, self.results = ctx.Queue(), ctx.Queue()
-        self.controls = [ctx.Queue() for _ in specs]
-        self.procs = [ctx.Process(target=target or worker_main, daemon=True,
-                                  args=(i, s, self.controls[i], self.tasks, self.results),
-                                  name=f"virnucpro-worker-{i}")
-                      for i, s in enumerate(specs)]
-        for p in self.procs:
-            p.start()
-        self._checked = time.monotonic()
+        self.results: queue.Queue[tuple[str, int, Any]] = queue.Queue()
+        self.in_flight = [0] * len(specs)
+        self._free = threading.Condition()
+        self._outboxes: list[queue.Queue[tuple[str, Any] | None]] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._loader: threading.Thread | None = None
+        self._probes: list[Any] | Exception = []
+        env = dict(os.environ)
+        if pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath,
+                                                              env.get("PYTHONPATH")]))
+        for i, spec in enumerate(specs):
+            self._start(i, spec, backend, env)
 
-    def check_alive(self) -> None:
-        """Fail at once, naming the device, if a worker process has died. A worker that
-        failed reported why before it exited: that line is raised rather than the exit."""
-        for spec, p in zip(self.specs, self.procs, strict=True):
-            if p.exitcode is None:
-                continue
-            for _ in range(1000):  # what the dead worker said last is in the queue
-                try:
-                    message = self.results.get(timeout=0.2)
-                except queue.Empty:
-                    break
-                self._raise_if_error(message)
-            how = (f"was killed by signal {-p.exitcode}" if p.exitcode < 0
-                   else f"exited with code {p.exitcode}")
-            raise VirnucproError(f"the worker on {spec.device} {how}; run the same command "
-                                 "again to resume")
+    def _start(self, index: int, spec: WorkerSpec, backend: str, env: dict[str, str]) -> None:
+        down_r, down_w = os.pipe()  # parent -> worker
+        up_r, up_w = os.pipe()  # worker -> parent
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "virnucpro.runtime.serve", backend, str(down_r),
+                 str(up_w)], pass_fds=(down_r, up_w), stdin=subprocess.DEVNULL, env=env)
+        finally:
+            os.close(down_r)
+            os.close(up_w)
+        channel = Channel(up_r, down_w)
+        outbox: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        for target, args in ((self._receive, (index, channel)), (self._send, (channel, outbox))):
+            threading.Thread(target=target, args=args, daemon=True,
+                             name=f"virnucpro-pipe-{index}").start()
+        outbox.put(("spec", (index, spec)))
+        self.procs.append(proc)
+        self._outboxes.append(outbox)
+
+    def _receive(self, index: int, channel: Channel) -> None:
+        try:
+            while True:
+                kind, payload = channel.recv()
+                self.results.put((kind, index, payload))
+        except (EOFError, OSError):
+            self.results.put(("exit", index, None))
 
     @staticmethod
-    def _raise_if_error(message: tuple[str, int, Any]) -> None:
-        if message[0] in ("error", "fatal"):
-            raise message[2] if isinstance(message[2], VirnucproError) \
-                else VirnucproError(message[2])
+    def _send(channel: Channel, outbox: queue.Queue[tuple[str, Any] | None]) -> None:
+        try:
+            while (message := outbox.get()) is not None:
+                channel.send(*message)
+        except OSError:
+            pass  # the worker has gone: its reader reports it
+        channel.close()
+
+    def _failed(self, index: int) -> VirnucproError:
+        """Why worker `index` is gone, naming its device."""
+        proc, device = self.procs[index], self.specs[index].device
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return VirnucproError(f"the worker on {device} stopped answering")
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        return VirnucproError(f"the worker on {device} {how}; run the same command again to "
+                              "resume")
 
     def get(self) -> tuple[str, int, Any]:
-        """The next message from a worker or the feeder; fails if a worker died (checked
-        whenever the queue is quiet, and at least every POLL_SECONDS while it is not)."""
+        """The next message from a worker or the feeder; fails if a worker failed or died
+        (checked whenever the queue is quiet for POLL_SECONDS)."""
         while True:
-            if time.monotonic() - self._checked > POLL_SECONDS:
-                self.check_alive()
-                self._checked = time.monotonic()
             try:
-                message = self.results.get(timeout=POLL_SECONDS)
+                kind, index, payload = self.results.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                self.check_alive()
+                for i, proc in enumerate(self.procs):
+                    if proc.poll() is not None:
+                        raise self._failed(i) from None
                 continue
-            self._raise_if_error(message)
-            return message
+            if kind in ("error", "fatal"):
+                raise payload if isinstance(payload, VirnucproError) \
+                    else VirnucproError(payload)
+            if kind == "exit":
+                raise self._failed(index)
+            if kind == "result":
+                with self._free:
+                    self.in_flight[index] -= 1
+                    self._free.notify()
+            return kind, index, payload
+
+    def submit(self, unit: Any, stop: threading.Event) -> bool:
+        """Send a unit to the worker with the fewest in flight, waiting while each has
+        PER_WORKER; False if `stop` was set meanwhile."""
+        with self._free:
+            while min(self.in_flight) >= PER_WORKER:
+                if stop.is_set():
+                    return False
+                self._free.wait(timeout=POLL_SECONDS)
+            k = self.in_flight.index(min(self.in_flight))
+            self.in_flight[k] += 1
+        self._outboxes[k].put(("unit", unit))
+        return True
 
     def _gather(self, kind: str) -> list[Any]:
         """One `kind` message from every worker, in worker order."""
@@ -149,38 +173,55 @@ class Pool:
         return [got[i] for i in range(len(self.procs))]
 
     def _tell(self, kind: str, payload: Any = None) -> None:
-        for c in self.controls:
-            c.put((kind, payload))
+        for box in self._outboxes:
+            box.put((kind, payload))
+
+    def begin(self, request: Request, recorded: Plan | None) -> None:
+        """Let the workers load their models in the background (the caller meanwhile checks
+        its inputs): gather the probes, then send the run's dtype and compile choice."""
+        def load() -> None:
+            try:
+                self._probes = self._gather("probe")
+                self._tell("load", settle_start(self._probes, request, recorded))
+            except Exception as exc:  # raised again by `settle`
+                self._probes = exc
+
+        self._loader = threading.Thread(target=load, daemon=True, name="virnucpro-load")
+        self._loader.start()
 
     def settle(self, request: Request, recorded: Plan | None) -> Plan:
         """Agree with the workers on one dtype and one set of budgets (see the module note)."""
-        probes = self._gather("probe")
-        start = settle_start(probes, request, recorded)
-        self._tell("load", start)
+        if self._loader is None:
+            self.begin(request, recorded)
+        assert self._loader is not None
+        self._loader.join()
+        if isinstance(self._probes, Exception):
+            raise self._probes
+        start = settle_start(self._probes, request, recorded)
         loaded = self._gather("loaded")
         self._tell("measure")
-        plan = settle_plan(start, request, recorded, probes, loaded, self._gather("proposal"),
-                           self.specs[0].threads)
+        plan = settle_plan(start, request, recorded, self._probes, loaded,
+                           self._gather("proposal"), self.specs[0].threads)
         self._tell("go", plan.settings)
         return plan
 
     def close(self, ok: bool) -> None:
-        """Stop the workers: on success they finish and exit; on failure they are
-        terminated at once."""
-        if ok:
-            for _ in self.procs:
-                self.tasks.put(None)
-            deadline = time.monotonic() + STOP_SECONDS
-            for p in self.procs:
-                p.join(timeout=max(0.0, deadline - time.monotonic()))
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-        for p in self.procs:
-            p.join(timeout=5)
-        for q in (self.tasks, self.results, *self.controls):
-            q.cancel_join_thread()  # never block the exit on undelivered messages
-            q.close()
+        """Stop the workers: on success they finish and exit; on failure they are killed
+        at once."""
+        for box in self._outboxes:
+            if ok:
+                box.put(("stop", None))
+            box.put(None)
+        deadline = time.monotonic() + (STOP_SECONDS if ok else 0)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
 
 
 def settle_start(probes: list[dict[str, Any]], request: Request,
@@ -242,25 +283,16 @@ def settle_plan(start: Settings, request: Request, recorded: Plan | None,
 class _Feed:
     """What the feeder thread shares with the writer."""
 
-    pending: dict[int, tuple[WorkUnit, Any]] = field(default_factory=dict)
+    pending: dict[int, tuple[Any, Any]] = field(default_factory=dict)
     order: deque[int] = field(default_factory=deque)  # unit indexes, in the order fed
-    frames_seen: int = 0
     seconds: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
-    read_to: dict[int, int] = field(default_factory=dict)  # input bytes read up to each unit
 
 
-@dataclass(frozen=True)
-class _Saved:
-    home: Path
-    done: set[int]
-    need_features: bool
-
-
-def _feed(units: Iterator[tuple[WorkUnit, Any]], saved: _Saved, pool: Pool,
-          slots: threading.Semaphore, feed: _Feed, read: Any) -> None:
-    """Chunk and translate ahead of the models; send each unit to the workers, or straight
-    to the writer when it has no frames or was finished by an earlier run."""
+def _feed(units: Iterator[tuple[Any, Any]], job: Job, pool: Pool, window: threading.Semaphore,
+          feed: _Feed) -> None:
+    """Read units ahead of the models; send each to a worker, or straight to the writer when
+    an earlier run finished it (or it is a frame unit without frames)."""
     try:
         n = 0
         while True:
@@ -269,22 +301,19 @@ def _feed(units: Iterator[tuple[WorkUnit, Any]], saved: _Saved, pool: Pool,
             feed.seconds += time.perf_counter() - t0
             if item is None:
                 break
-            while not slots.acquire(timeout=0.5):
+            while not window.acquire(timeout=POLL_SECONDS):
                 if feed.stop.is_set():
                     return
-            unit, records = item
-            if read is not None:
-                feed.read_to[unit.index] = read.bytes_done
-            feed.pending[unit.index] = (unit, records)
+            unit, payload = item
+            feed.pending[unit.index] = (unit, payload)
             feed.order.append(unit.index)
-            feed.frames_seen += unit.n_frames
-            if unit.n_frames == 0:
-                pool.results.put(("result", -1, empty_result(unit)))
-            elif unit.index in saved.done:
-                result = load_unit(saved.home, unit, need_features=saved.need_features)
-                pool.results.put(("result", -1, result))
-            else:
-                pool.tasks.put(unit)
+            if isinstance(unit, WorkUnit) and unit.n_frames == 0:
+                pool.results.put(("saved", -1, empty_result(unit.index)))
+            elif unit.index in job.done:
+                result = load_unit(job.home, unit, need_features=job.need_features)
+                pool.results.put(("saved", -1, result))
+            elif not pool.submit(unit, feed.stop):
+                return
             n += 1
         pool.results.put(("fed", -1, n))
     except VirnucproError as exc:
@@ -299,18 +328,18 @@ class RunStats:
     tokens: dict[str, int] = field(default_factory=dict)
     frames_scored: int = 0
     frames_per_device: dict[str, int] = field(default_factory=dict)
-    read_seconds: float = 0.0  # time spent reading and translating input (the feeder)
+    read_seconds: float = 0.0  # time the parent spent reading input into units (the feeder)
     plan: Plan | None = None  # what the workers settled (None: no worker ran)
     peak_memory: int | None = None  # the highest device memory peak of any worker (CUDA)
 
-    def add(self, result: UnitResult, n_frames: int) -> None:
+    def add(self, result: UnitResult) -> None:
         for k, v in result.seconds.items():
             self.seconds[k] = self.seconds.get(k, 0.0) + v
         for k, v in result.tokens.items():
             self.tokens[k] = self.tokens.get(k, 0) + v
-        self.frames_scored += n_frames
+        self.frames_scored += result.n_frames
         self.frames_per_device[result.worker] = (
-            self.frames_per_device.get(result.worker, 0) + n_frames)
+            self.frames_per_device.get(result.worker, 0) + result.n_frames)
         if result.peak_memory is not None:
             self.peak_memory = max(self.peak_memory or 0, result.peak_memory)
 
@@ -326,19 +355,27 @@ class Job:
     recorded: Plan | None = None  # the plan an earlier run of this output settled
     need_features: bool = False  # saved units must carry features
     progress: bool = False
-    read: Any = None  # the reader's ReadStats (bytes read, of how many), for the progress bar
-    worker: Callable[..., None] | None = None  # None: worker.worker_main (see Pool)
+    total: int | None = None  # the work of all units (chunks, or frames), when known
+    backend: str = BACKEND  # what scores in the workers (see Pool)
+    pythonpath: str | None = None
 
 
-def run_units(job: Job, units: Iterator[tuple[WorkUnit, T]],
+def start_pool(job: Job) -> Pool:
+    """The run's worker processes, started; they load their models once `begin` or
+    `settle` tells them how."""
+    return Pool(job.specs, job.backend, job.pythonpath)
+
+
+def run_units(job: Job, units: Iterator[tuple[Any, T]],
               consume: Callable[[T, UnitResult], None],
-              on_settled: Callable[[Plan], None] = lambda plan: None) -> RunStats:
+              on_settled: Callable[[Plan], None] = lambda plan: None,
+              pool: Pool | None = None) -> RunStats:
     """Score every unit and hand each result, in unit order, to `consume` together with the
     payload the unit came with. `on_settled` hears the plan before any unit is scored (to
     record it for a resume). Units in `job.done` are loaded from `job.home`; each newly
     scored unit is saved there before `consume`. Unit indexes need not be consecutive (a
-    shard skips the units of other shards)."""
-    pool = Pool(job.specs, job.worker)
+    shard skips the units of other shards). `pool`: workers already started (`start_pool`)."""
+    pool = pool or start_pool(job)
     ok = False
     try:
         stats = RunStats(plan=pool.settle(job.request, job.recorded))
@@ -350,45 +387,37 @@ def run_units(job: Job, units: Iterator[tuple[WorkUnit, T]],
     return stats
 
 
-def _collect(pool: Pool, job: Job, units: Iterator[tuple[WorkUnit, T]],
+def _collect(pool: Pool, job: Job, units: Iterator[tuple[Any, T]],
              consume: Callable[[T, UnitResult], None], stats: RunStats) -> None:
     feed = _Feed()
-    bar = Progress(job.progress)
-    slots = threading.Semaphore(2 * len(job.specs) + 2)  # units in flight: bounds memory
-    saved = _Saved(job.home, set(job.done), job.need_features)
-    feeder = threading.Thread(target=_feed, args=(units, saved, pool, slots, feed, job.read),
-                              daemon=True)
+    bar = Progress(job.progress, job.total)
+    # Units handed out and not yet written: bounds the memory of results waiting their turn.
+    window = threading.Semaphore(4 * len(job.specs) + 4)
+    feeder = threading.Thread(target=_feed, args=(units, job, pool, window, feed),
+                              daemon=True, name="virnucpro-feeder")
     feeder.start()
     ready: dict[int, UnitResult] = {}
-    n_consumed, n_units, frames_done = 0, None, 0
+    n_consumed, n_units, work_done = 0, None, 0
     try:
         while n_units is None or n_consumed < n_units:
             kind, _, message = pool.get()
             if kind == "fed":
                 n_units = message
-            else:
-                ready[message.index] = message
+                continue
+            ready[message.index] = message
             while feed.order and feed.order[0] in ready:
                 index = feed.order.popleft()
                 result = ready.pop(index)
                 unit, payload = feed.pending.pop(index)
                 if result.worker:  # scored in this run, not loaded from an earlier one
                     save_unit(job.home, unit, result)
-                    stats.add(result, unit.n_frames)
+                    stats.add(result)
                 consume(payload, result)
-                slots.release()
+                window.release()
                 n_consumed += 1
-                frames_done += unit.n_frames
-                bar.update(frames_done, feed.frames_seen, n_units is not None,
-                           stats.frames_per_device, _bytes(job.read, feed.read_to.pop(index, None)))
+                work_done += unit.work
+                bar.update(work_done, stats.frames_scored, stats.frames_per_device)
     finally:
         feed.stop.set()
         bar.close()
     stats.read_seconds = feed.seconds
-
-
-def _bytes(read: Any, done: int | None) -> tuple[int, int] | None:
-    """(input bytes behind the units handed on, input bytes in all), when the size is known."""
-    if read is None or done is None or read.bytes_total is None:
-        return None
-    return done, read.bytes_total

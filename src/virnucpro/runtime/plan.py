@@ -19,8 +19,7 @@ from typing import Any
 from virnucpro.errors import InputError, VirnucproError
 from virnucpro.files import sha256_file
 from virnucpro.models.store import DEFAULT_DNABERT, DEFAULT_ESM, ResolvedModel
-from virnucpro.runtime.engine import Plan, Request
-from virnucpro.runtime.worker import WorkerSpec
+from virnucpro.runtime.protocol import Plan, Render, Request, WorkerSpec
 
 log = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
@@ -78,17 +77,19 @@ def resolve_models(rt: RuntimeConfig, classifier: str | None = None,
 
 def model_record(m: ResolvedModel) -> dict[str, Any]:
     """A model as run.json records it."""
-    return {"spec": m.spec, "path": str(m.path), "repo_id": m.repo_id, "revision": m.revision,
-            "sha256": dict(sorted(m.sha256.items()))}
+    return {"spec": m.spec, "path": str(Path(m.path).resolve()), "repo_id": m.repo_id,
+            "revision": m.revision, "sha256": dict(sorted(m.sha256.items()))}
 
 
-def input_record(path: str) -> dict[str, Any]:
-    """Identity of one input: size and sha256 (stdin cannot be identified)."""
+def input_record(path: str, sha256: str | None = None) -> dict[str, Any]:
+    """Identity of one input: size and sha256 (stdin cannot be identified); `sha256`: the
+    hash the pre-pass computed as it read the file, else the file is hashed here."""
     if path == "-":
         return {"path": "-", "size": None, "sha256": None}
     p = Path(path)
     try:
-        return {"path": str(p.resolve()), "size": p.stat().st_size, "sha256": sha256_file(p)}
+        return {"path": str(p.resolve()), "size": p.stat().st_size,
+                "sha256": sha256 or sha256_file(p)}
     except OSError as exc:
         raise InputError(f"{path}: cannot read input ({exc.strerror or exc})") from None
 
@@ -113,12 +114,12 @@ def model_paths(models: dict[str, ResolvedModel]) -> dict[str, str]:
 
 def worker_specs(rt: RuntimeConfig, paths: dict[str, str], *,
                  save_embeddings: bool = False, recorded: Plan | None = None,
-                 ) -> tuple[WorkerSpec, ...]:
+                 render: Render | None = None) -> tuple[WorkerSpec, ...]:
     """One spec per worker process: its device, and its share of the CPUs or of the GPU.
     Threads follow the CPUs this process may use, unless given, or recorded by an earlier
     run of the same output (the thread count can change the last bits on a CPU)."""
-    from virnucpro.runtime.cpu import available_cpus
     from virnucpro.runtime.devices import parse_devices, visible_gpus
+    from virnucpro.runtime.host import available_cpus
 
     check_runtime(rt)
     devices = parse_devices(rt.device, rt.gpus, visible_gpus())
@@ -134,4 +135,5 @@ def worker_specs(rt: RuntimeConfig, paths: dict[str, str], *,
     return tuple(WorkerSpec(
         dnabert_dir=paths["dnabert"], esm_dir=paths["esm"],
         classifier_path=paths.get("classifier"), device=d, threads=threads,
-        save_embeddings=save_embeddings, share=placed.count(d)) for d in placed)
+        save_embeddings=save_embeddings, share=placed.count(d), render=render,
+        log_level=logging.getLogger().getEffectiveLevel()) for d in placed)

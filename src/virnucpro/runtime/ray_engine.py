@@ -1,9 +1,10 @@
 """`--engine ray`: the same work units, scored by Ray actors anywhere in a cluster.
 
-The driver (this process) reads and translates the input itself, as the local engine does,
-and sends each unit's sequences to an actor; only scores (and features, when kept) come back.
-So the input and the output directory need to exist on the driver only; records never cross
-the network, and unit sequences cross it once.
+The driver (this process) is the same light pump as the local engine's parent: it reads
+records into units and sends each unit's records to an actor, which chunks, translates,
+scores and renders them (`serve.process_unit`, as a local worker does); rendered rows (and
+features, when kept) come back. So the input and the output directory need to exist on the
+driver only, and unit sequences cross the network once.
 
 The actors plan on their own nodes, with the same handshake as the local worker processes
 (`engine.Pool.settle`): each reports the device Ray gave it (one GPU per actor when the
@@ -24,9 +25,9 @@ from typing import Any, TypeVar
 from virnucpro.errors import VirnucproError
 from virnucpro.progress import Progress
 from virnucpro.runtime.batching import WorkUnit
-from virnucpro.runtime.engine import Job, Plan, RunStats, settle_plan, settle_start
+from virnucpro.runtime.engine import Job, RunStats, settle_plan, settle_start
+from virnucpro.runtime.protocol import Plan, Settings, UnitResult, WorkerSpec, empty_result
 from virnucpro.runtime.units import load_unit, save_unit
-from virnucpro.runtime.worker import Settings, UnitResult, WorkerSpec, empty_result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,57 +59,41 @@ def _connect(ray: Any, address: str | None) -> bool:
 
 
 class Scorer:
-    """The actor: one worker on the device Ray gave it (`cuda:0` is its own GPU)."""
+    """The actor: one worker on the device Ray gave it (`cuda:0` is its own GPU), the same
+    backend and unit processing as a local worker's."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         import ray
-        import torch
 
-        from virnucpro.runtime.cpu import apply_process_settings
+        from virnucpro.runtime.worker import TorchBackend
 
         device = "cuda:0" if ray.get_gpu_ids() else "cpu"
         self.spec = replace(spec, device=device)
-        apply_process_settings(device, spec.threads)
-        torch.set_grad_enabled(False)
-        self.models: Any = None
+        self.backend = TorchBackend(self.spec)
 
     def probe(self) -> dict[str, Any]:
         import ray
-        import torch
 
-        from virnucpro.runtime.devices import describe_device
-
-        node = ray.get_runtime_context().get_node_id()
-        return {**describe_device(torch.device(self.spec.device)), "node": node}
+        return {**self.backend.probe(), "node": ray.get_runtime_context().get_node_id()}
 
     def load(self, settings: Settings) -> dict[str, Any]:
-        import torch
-
-        from virnucpro.runtime.worker import prepare_models
-
-        with torch.inference_mode():
-            self.models, report = prepare_models(self.spec, settings)
-        return report
+        return self.backend.load(settings)
 
     def propose(self) -> dict[str, int]:
-        from virnucpro.runtime.worker import propose_budgets
-
-        return propose_budgets(self.models)
+        return self.backend.propose()
 
     def go(self, settings: Settings) -> None:
-        self.models.settings = settings
+        self.backend.go(settings)
 
-    def score(self, unit: WorkUnit) -> UnitResult:
+    def score(self, unit: Any) -> UnitResult:
         import torch
 
-        from virnucpro.runtime.cpu import release_free_memory
-        from virnucpro.runtime.worker import score_unit
+        from virnucpro.runtime.serve import process_unit
 
         # Set in the calling thread too: the thread count is part of what fixes the bytes.
         torch.set_num_threads(self.spec.threads)
-        with torch.inference_mode():
-            result = score_unit(self.models, unit)
-        release_free_memory()
+        result = process_unit(self.backend, self.spec, unit)
+        self.backend.after_unit()
         return result
 
 
@@ -173,12 +158,12 @@ def _cause(exc: BaseException) -> VirnucproError:
     return VirnucproError(f"a Ray actor failed: {first}")
 
 
-def _results(ray: Any, actors: list[Any], job: Job, units: Iterable[tuple[WorkUnit, T]],
-             ) -> Iterator[tuple[WorkUnit, T, UnitResult, bool]]:
+def _results(ray: Any, actors: list[Any], job: Job, units: Iterable[tuple[Any, T]],
+             ) -> Iterator[tuple[Any, T, UnitResult, bool]]:
     """(unit, payload, result, scored now) in unit order, with at most
     IN_FLIGHT_PER_ACTOR units per actor in flight; each unit goes to the least busy actor."""
     busy = dict.fromkeys(range(len(actors)), 0)
-    flight: list[tuple[WorkUnit, T, Any, int]] = []  # future is None: result is ready
+    flight: list[tuple[Any, T, Any, int]] = []  # future is None: result is ready
     limit = IN_FLIGHT_PER_ACTOR * len(actors)
     it = iter(units)
     exhausted = False
@@ -189,7 +174,7 @@ def _results(ray: Any, actors: list[Any], job: Job, units: Iterable[tuple[WorkUn
                 exhausted = True
                 break
             unit, payload = item
-            if unit.n_frames and unit.index not in job.done:
+            if _needs_scoring(unit) and unit.index not in job.done:
                 k = min(busy, key=busy.__getitem__)
                 busy[k] += 1
                 flight.append((unit, payload, actors[k].score.remote(unit), k))
@@ -200,7 +185,7 @@ def _results(ray: Any, actors: list[Any], job: Job, units: Iterable[tuple[WorkUn
         unit, payload, future, k = flight.pop(0)
         if future is None:
             result = (load_unit(job.home, unit, need_features=job.need_features)
-                      if unit.n_frames else empty_result(unit))
+                      if _needs_scoring(unit) else empty_result(unit.index))
             yield unit, payload, result, False
             continue
         try:
@@ -211,14 +196,18 @@ def _results(ray: Any, actors: list[Any], job: Job, units: Iterable[tuple[WorkUn
         yield unit, payload, result, True
 
 
-def run_units_ray(job: Job, units: Iterable[tuple[WorkUnit, T]],
+def _needs_scoring(unit: Any) -> bool:
+    return not (isinstance(unit, WorkUnit) and unit.n_frames == 0)
+
+
+def run_units_ray(job: Job, units: Iterable[tuple[Any, T]],
                   consume: Callable[[T, UnitResult], None],
                   on_settled: Callable[[Plan], None] = lambda plan: None, *,
                   address: str | None = None) -> RunStats:
     """`engine.run_units` on Ray actors: the same contract and the same bytes."""
     ray = _import_ray()
     started = _connect(ray, address)
-    bar, frames_done = Progress(job.progress), 0
+    bar, work_done = Progress(job.progress, job.total), 0
     actors: list[Any] = []
     try:
         actors, threads = _start_actors(ray, job)
@@ -230,13 +219,10 @@ def run_units_ray(job: Job, units: Iterable[tuple[WorkUnit, T]],
         for unit, payload, result, scored in _results(ray, actors, job, units):
             if scored:
                 save_unit(job.home, unit, result)
-                stats.add(result, unit.n_frames)
+                stats.add(result)
             consume(payload, result)
-            frames_done += unit.n_frames
-            read = job.read
-            total = read.bytes_total if read is not None else None
-            bar.update(frames_done, frames_done, False, stats.frames_per_device,
-                       (read.bytes_done, total) if total is not None else None)
+            work_done += unit.work
+            bar.update(work_done, stats.frames_scored, stats.frames_per_device)
     finally:
         bar.close()
         for a in actors:

@@ -2,8 +2,11 @@
 
 Units come from the inputs by a fixed rule (`UnitStream`), so the same inputs and
 `--unit-frames` always give the same units with the same indexes: a resumed run, a shard and
-`merge` all rebuild them. Every scored unit is saved (`save_unit`) as `units/NNNNNN.npz`:
-frame ids, scores and, when the run keeps them, the features.
+`merge` all rebuild them. The parent only reads records and groups them: a unit holds whole
+records of at most `--unit-frames` / 6 chunks in all (six frames a chunk at most), and a
+record with more chunks than that is cut at chunk boundaries into parts that fill units of
+their own, its last part opening the next unit. Chunking and translation happen in the
+workers. Every scored unit is saved (`save_unit`) as `units/NNNNNN.npz`.
 """
 
 from __future__ import annotations
@@ -13,24 +16,25 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from virnucpro.errors import OutputError
 from virnucpro.files import os_error
-from virnucpro.frames import RecordFrames, iter_record_frames
-from virnucpro.reader import ReadStats, read_records
-from virnucpro.runtime.batching import WorkUnit, iter_units
-from virnucpro.runtime.worker import UnitResult
+from virnucpro.frames import chunk_bounds, n_chunks
+from virnucpro.reader import ReadStats, Record, read_records
+from virnucpro.runtime.protocol import Piece, RecordUnit, UnitResult
 
 T = TypeVar("T")
 UNITS_DIR = "units"
+FRAMES_PER_CHUNK = 6  # at most: a unit of --unit-frames frames holds a sixth as many chunks
 
 
 @dataclass(frozen=True)
 class UnitStream:
-    """The work units of a run, optionally only one shard's, with their records.
+    """The work units of a run, optionally only one shard's, each with the record it holds
+    a part of (None when it holds whole records only).
 
     Plain data, so it can be iterated again (merge) or elsewhere (a Ray task)."""
 
@@ -39,20 +43,60 @@ class UnitStream:
     unit_frames: int
     shard: tuple[int, int] | None = None
 
-    def __iter__(self) -> Iterator[tuple[WorkUnit, list[RecordFrames]]]:
+    def __iter__(self) -> Iterator[tuple[RecordUnit, Record | None]]:
         return self.units()
 
     def units(self, stats: ReadStats | None = None,
-              ) -> Iterator[tuple[WorkUnit, list[RecordFrames]]]:
+              ) -> Iterator[tuple[RecordUnit, Record | None]]:
         """The units; `stats` follows the reader (bytes read, RNA records)."""
-        records = iter_record_frames(read_records(list(self.inputs), stats), self.chunk_size)
-        units = iter_units(records, self.unit_frames)
+        records = read_records(list(self.inputs), stats)
+        units = record_units(records, self.chunk_size, self.unit_frames)
         return units if self.shard is None else select_shard(units, self.shard)
+
+
+def unit_chunks(unit_frames: int) -> int:
+    """The most chunks one unit holds."""
+    return max(1, unit_frames // FRAMES_PER_CHUNK)
+
+
+def record_units(records: Iterable[Record], chunk_size: int, unit_frames: int,
+                 ) -> Iterator[tuple[RecordUnit, Record | None]]:
+    """Group consecutive records into units of at most `unit_chunks(unit_frames)` chunks;
+    longer records are cut into parts (see the module note)."""
+    most = unit_chunks(unit_frames)
+    pieces: list[Piece] = []
+    held: Record | None = None  # the split record whose last part is in `pieces`
+    count = index = 0
+    for rec in records:
+        n = n_chunks(len(rec.seq), chunk_size)
+        if n <= most:
+            if pieces and count + n > most:
+                yield RecordUnit(index, tuple(pieces), count), held
+                index, pieces, held, count = index + 1, [], None, 0
+            pieces.append(Piece(rec.id, rec.header, rec.seq, len(rec.seq), 0, n))
+            count += n
+            continue
+        if pieces:
+            yield RecordUnit(index, tuple(pieces), count), held
+            index, pieces, held, count = index + 1, [], None, 0
+        for first in range(0, n, most):
+            stop = min(first + most, n)
+            (start, _), = chunk_bounds(len(rec.seq), chunk_size, first, first + 1)
+            (_, end), = chunk_bounds(len(rec.seq), chunk_size, stop - 1, stop)
+            piece = Piece(rec.id, rec.header, rec.seq[start:end], len(rec.seq), first, stop,
+                          start)
+            if stop < n:
+                yield RecordUnit(index, (piece,), stop - first), rec
+                index += 1
+            else:
+                pieces, held, count = [piece], rec, stop - first
+    if pieces:
+        yield RecordUnit(index, tuple(pieces), count), held
 
 
 class Balancer:
     """Gives each unit, in order, to the shard with the least work so far (the lowest
-    number on ties). Deterministic, and balanced by residues + bases, not by unit count."""
+    number on ties). Deterministic, and balanced by bases, not by unit count."""
 
     def __init__(self, count: int) -> None:
         self._heap = [(0, k) for k in range(1, count + 1)]  # (work so far, shard): a heap
@@ -63,8 +107,8 @@ class Balancer:
         return shard
 
 
-def select_shard(units: Iterable[tuple[WorkUnit, T]], shard: tuple[int, int],
-                 ) -> Iterator[tuple[WorkUnit, T]]:
+def select_shard(units: Iterable[tuple[Any, T]], shard: tuple[int, int],
+                 ) -> Iterator[tuple[Any, T]]:
     """The units of shard I of N; the others are read and dropped without scoring."""
     index, count = shard
     balancer = Balancer(count)
@@ -78,9 +122,17 @@ def unit_path(home: Path, index: int) -> Path:
     return Path(home) / UNITS_DIR / f"{index:06d}.npz"
 
 
-def save_unit(home: Path, unit: WorkUnit, result: UnitResult) -> None:
-    arrays: dict[str, np.ndarray] = {"scores": result.scores,
-                                     "frame_ids": np.array(unit.frame_ids, dtype=str)}
+def _key(unit: Any) -> str:
+    """What a saved unit must match: a record unit's key, or a frame unit's frame ids."""
+    return unit.key() if isinstance(unit, RecordUnit) else "\n".join(unit.frame_ids)
+
+
+def save_unit(home: Path, unit: Any, result: UnitResult) -> None:
+    """Save a scored unit (a RecordUnit with its rendered rows, or a frame unit with its
+    scores), so that a resumed run, or merge, reuses it."""
+    arrays: dict[str, np.ndarray] = {"scores": result.scores, "key": np.array(_key(unit))}
+    if result.rendered is not None:
+        arrays["rendered"] = np.array(result.rendered.to_json())
     if result.embeddings is not None:
         arrays["features"] = result.embeddings
     path = unit_path(home, unit.index)
@@ -101,14 +153,17 @@ def finished_units(home: Path) -> set[int]:
     return {int(p.name.split(".")[0]) for p in (Path(home) / UNITS_DIR).glob("[0-9]*.npz")}
 
 
-def load_unit(home: Path, unit: WorkUnit, *, need_features: bool = False) -> UnitResult:
-    """A saved unit's result; its frames must be the unit's (and its features there, when
-    the run keeps them)."""
+def load_unit(home: Path, unit: Any, *, need_features: bool = False) -> UnitResult:
+    """A saved unit's result; it must be this unit's (and hold features, when the run keeps
+    them)."""
+    from virnucpro.render import Rendered
+
     path = unit_path(home, unit.index)
-    with np.load(path) as z:
-        if tuple(z["frame_ids"]) != unit.frame_ids:
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["key"]) != _key(unit):
             raise OutputError(f"{path}: saved frames differ from the input; rerun with --force")
         features = z["features"] if "features" in z.files else None
         if need_features and features is None:
             raise OutputError(f"{path}: saved without features; rerun with --force")
-        return UnitResult(unit.index, z["scores"], features)
+        rendered = Rendered.from_json(str(z["rendered"])) if "rendered" in z.files else None
+        return UnitResult(unit.index, z["scores"], features, rendered=rendered)

@@ -1,10 +1,12 @@
 """The one worker. One CPU, one GPU or eight GPUs differ only in how many processes run it.
 
-A worker is a spawned process that owns one device. It settles, with the parent, how the run
-computes (see `worker_main`), loads the three models on its device, then scores work units
-taken from a queue: DNABERT-S embeddings, then ESM-2 embeddings, then the classifier. Results
-go back on another queue. Everything process-wide (threads, malloc, oneDNN) is set here, in
-the worker's own process; the caller's process is left as it was.
+A worker is a child process (`python -m virnucpro.runtime.worker`) that owns one device. It
+settles, with the parent, how the run computes (`serve.serve`), loads the three models on its
+device (`TorchBackend`), then scores the units the parent sends: DNABERT-S embeddings, then
+ESM-2 embeddings, then the classifier (`score_unit`); a predict unit is chunked, translated
+and rendered around that (`serve.process_unit`). Everything process-wide (threads, malloc,
+oneDNN, the CUDA device) is set here, in the worker's own process; the caller's process is
+left as it was, and never imports torch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,43 +32,9 @@ from virnucpro.runtime.devices import (
     free_memory,
     torch_dtype,
 )
+from virnucpro.runtime.protocol import Settings, UnitResult, WorkerSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What the parent gives a worker, as plain data (it crosses process boundaries)."""
-
-    dnabert_dir: str
-    esm_dir: str
-    classifier_path: str | None  # None: embed only (training); features are returned
-    device: str  # "cpu" | "cuda:N" (in a Ray actor: the actor's own device)
-    threads: int
-    save_embeddings: bool = False
-    share: int = 1  # workers on this device: they split its free memory
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How a run computes: one dtype and one set of batch budgets for every worker, so the
-    numbers do not depend on which worker scored a unit."""
-
-    dtype: str  # "fp32" | "bf16" | "fp16"
-    dnabert_budget: int
-    esm_budget: int
-    compile: bool = False  # encoder layers through torch.compile (runtime/compile.py)
-
-
-@dataclass(frozen=True)
-class UnitResult:
-    index: int
-    scores: np.ndarray  # [n_frames, 2] float32 softmax (others, virus); [n, 0] if embed-only
-    embeddings: np.ndarray | None  # [n_frames, dnabert_dim + esm_dim] float32, if asked
-    seconds: dict[str, float] = field(default_factory=dict)
-    tokens: dict[str, int] = field(default_factory=dict)
-    worker: str = ""  # the device that scored it; "" when loaded from an earlier run
-    peak_memory: int | None = None  # bytes the device's allocator peaked at so far (CUDA)
 
 
 @dataclass
@@ -243,66 +211,54 @@ def score_unit(models: Models, unit: WorkUnit) -> UnitResult:
     return UnitResult(unit.index, scores_np, emb, seconds, tokens, str(models.device), peak)
 
 
-def empty_result(unit: WorkUnit) -> UnitResult:
-    """The result of a unit without frames: no model needs to run."""
-    return UnitResult(unit.index, np.zeros((0, 2), np.float32), None)
-
-
 # ------------------------------------------------------------------ the process
-def worker_main(index: int, spec: WorkerSpec, control: Any, tasks: Any, results: Any) -> None:
-    """A worker process: settle the run with the parent, then score units until `None`.
+class TorchBackend:
+    """The real models behind `serve.serve`: one device, the run's settings."""
 
-    Messages to the parent on `results` are `(kind, index, payload)`:
-    `probe` (the device's facts), `loaded` (what compiling reported), `proposal` (budgets
-    it could take), `result` (a UnitResult) and `error` (one line). The parent answers on
-    `control`: `load` (Settings with the run's dtype and compile choice; budgets not yet
-    settled), `measure`, then `go` (the run's Settings).
-    """
-    import signal
+    def __init__(self, spec: WorkerSpec) -> None:
+        from virnucpro.runtime.cpu import apply_process_settings
 
-    from virnucpro.runtime.cpu import apply_process_settings, release_free_memory
-    from virnucpro.runtime.devices import describe_device
+        self.spec = spec
+        self.models: Models | None = None
+        device = torch.device(spec.device)
+        if device.type == "cuda":
+            # Before any CUDA work: events, streams and pinned memory then belong to this
+            # worker's GPU, not to GPU 0.
+            torch.cuda.set_device(device)
+        apply_process_settings(device.type, spec.threads)
+        torch.set_grad_enabled(False)
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    _exit_with_parent()
-    try:
-        apply_process_settings(torch.device(spec.device).type, spec.threads)
-        results.put(("probe", index, describe_device(torch.device(spec.device))))
+    def probe(self) -> dict[str, Any]:
+        from virnucpro.runtime.devices import describe_device
+
+        return describe_device(torch.device(self.spec.device))
+
+    def load(self, settings: Settings) -> dict[str, Any]:
+        # Provisional budgets until the parent has every worker's proposal.
         with torch.inference_mode():
-            # Provisional budgets until the parent has every worker's proposal.
-            models, report = prepare_models(spec, expect(control, "load"))
-            results.put(("loaded", index, report))
-            expect(control, "measure")
-            results.put(("proposal", index, propose_budgets(models)))
-            models.settings = expect(control, "go")
-            while (unit := tasks.get()) is not None:
-                results.put(("result", index, score_unit(models, unit)))
-                release_free_memory()
-    except Exception as exc:  # reported to the parent, which stops the run
-        results.put(("error", index, failure_line(exc, spec.device)))
+            self.models, report = prepare_models(self.spec, settings)
+        return report
 
+    def propose(self) -> dict[str, int]:
+        assert self.models is not None
+        return propose_budgets(self.models)
 
-def _exit_with_parent() -> None:
-    """End this worker when the parent dies (a kill -9 gives it no chance to stop us)."""
-    import os
-    import threading
+    def go(self, settings: Settings) -> None:
+        assert self.models is not None
+        self.models.settings = settings
 
-    parent = os.getppid()
+    def score(self, unit: WorkUnit) -> UnitResult:
+        assert self.models is not None
+        with torch.inference_mode():
+            return score_unit(self.models, unit)
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
+    def after_unit(self) -> None:
+        from virnucpro.runtime.cpu import release_free_memory
 
-    threading.Thread(target=watch, daemon=True, name="virnucpro-parent-watch").start()
+        release_free_memory()
 
-
-def expect(control: Any, kind: str) -> Any:
-    """The payload of the parent's next control message, which must be `kind`."""
-    got, payload = control.get()
-    if got != kind:
-        raise RuntimeError(f"worker protocol: expected {kind!r}, got {got!r}")
-    return payload
+    def failure(self, exc: BaseException) -> str:
+        return failure_line(exc, self.spec.device)
 
 
 def failure_line(exc: BaseException, device: str) -> str:
@@ -318,3 +274,4 @@ def failure_line(exc: BaseException, device: str) -> str:
                 "--esm-batch-size/--dnabert-batch-size or another device")
     first = (str(exc).strip().splitlines() or [""])[0]
     return f"the worker on {device} failed: {type(exc).__name__}: {first}"
+
