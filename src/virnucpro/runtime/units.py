@@ -135,6 +135,8 @@ def save_unit(home: Path, unit: Any, result: UnitResult) -> None:
         arrays["rendered"] = np.array(result.rendered.to_json())
     if result.embeddings is not None:
         arrays["features"] = result.embeddings
+        ids = unit.frame_ids if result.rendered is None else result.rendered.frame_ids
+        arrays["frame_ids"] = np.array(ids, dtype=str)  # the rows of the features
     path = unit_path(home, unit.index)
     # Written under a hidden name that the `[0-9]*.npz` scan for finished units cannot
     # match, then renamed: a run killed mid-write leaves no unit that looks finished.
