@@ -97,8 +97,10 @@ def _fmt_opt(score: float | None) -> str:
 
 def render_tail(rid: str, header: str, seq: str, chunk_scores: Sequence[float | None],
                 chunk_frames: Sequence[int], threshold: float, regions: RegionParams,
-                chunk_size: int) -> Tail:
-    """A record's sequence row, viral.fna record, regions and counts, from its chunk scores."""
+                chunk_size: int, chunk_counts: bool = True) -> Tail:
+    """A record's sequence row, viral.fna record, regions and counts, from its chunk scores
+    (`chunk_counts`: also count its chunks and frames, which each part of a split record
+    counts itself)."""
     score = sequence_score(list(chunk_scores))
     v = call(score, threshold, SKIP_EMPTY if not seq else SKIP_NO_FRAME)
     n_scored = sum(n > 0 for n in chunk_frames)
@@ -110,11 +112,16 @@ def render_tail(rid: str, header: str, seq: str, chunk_scores: Sequence[float | 
                          list(chunk_scores), threshold, regions)
     texts["regions"] = "".join(region_rows(found))
     texts["regions_fna"] = "".join(region_fasta(seq, r) for r in found)
-    counts = {"sequences": 1, "bases": len(seq), "chunks": len(chunk_scores),
-              "chunks_scored": n_scored, "frames": sum(chunk_frames),
-              "predictions": {v.call: 1}}
+    counts: dict[str, Any] = {"sequences": 1, "bases": len(seq), "predictions": {v.call: 1}}
+    if chunk_counts:
+        counts |= _chunk_counts(chunk_frames)
     hist = None if v.score is None else min(int(v.score * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)
     return Tail(texts, hist, counts)
+
+
+def _chunk_counts(chunk_frames: Sequence[int]) -> dict[str, int]:
+    return {"chunks": len(chunk_frames), "chunks_scored": sum(n > 0 for n in chunk_frames),
+            "frames": sum(chunk_frames)}
 
 
 def add_tail(out: Rendered, tail: Tail) -> None:
@@ -155,6 +162,7 @@ def render_unit(records: Sequence[RecordFrames], pieces: Sequence[Any], scores: 
         else:
             out.parts.append(Part(piece.id, piece.first, chunk_scores, per_chunk,
                                   piece.stop == n_chunks(piece.length, chunk_size)))
+            add_counts(out.counts, _chunk_counts(per_chunk))
     assert pos == len(scores), "scores do not match the frames of these pieces"
     out.texts["predictions"] = "".join(lines["predictions"])
     out.texts["chunks"] = "".join(lines["chunks"])
@@ -198,4 +206,4 @@ class Tails:
         if not self._complete:
             return None
         return render_tail(record.id, record.header, record.seq, self._scores, self._frames,
-                           self.threshold, self.regions, self.chunk_size)
+                           self.threshold, self.regions, self.chunk_size, chunk_counts=False)

@@ -165,7 +165,7 @@ def load_unit(home: Path, unit: Any, *, need_features: bool = False) -> UnitResu
         if str(z["key"]) != _key(unit):
             raise OutputError(f"{path}: saved frames differ from the input; rerun with --force")
         features = z["features"] if "features" in z.files else None
-        if need_features and features is None:
+        if need_features and features is None and len(z["scores"]):
             raise OutputError(f"{path}: saved without features; rerun with --force")
         rendered = Rendered.from_json(str(z["rendered"])) if "rendered" in z.files else None
         return UnitResult(unit.index, z["scores"], features, rendered=rendered)
