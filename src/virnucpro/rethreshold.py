@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from virnucpro import mqc, outputs
+from virnucpro.commit import Switch
 from virnucpro.errors import OutputError
 from virnucpro.reader import ReadStats
 from virnucpro.regions import RegionParams
@@ -83,9 +84,12 @@ def rethreshold(inputs: tuple[str, ...], out_dir: Path, finished: dict[str, Any]
     record = {**finished, "params": new, "counts": counts,
               "rethresholded": {"from": params.get("threshold"),
                                 "seconds": round(time.perf_counter() - t0, 3)}}
+    # The verdict files, MultiQC's and run.json change together (commit.py); the saved
+    # scores are left as they are.
+    switch = Switch(out_dir, remove=[out_dir / outputs.STATE_DIR])
     mqc.write_mqc(out_dir, Path(out_dir).resolve().name, counts["predictions"],
-                  writer.histogram)
-    writer.finish(record)
+                  writer.histogram, switch)
+    writer.finish(record, switch)
     log.info("applied threshold %g (was %g) to the saved scores in %s; no model was run",
              threshold, params.get("threshold"), out_dir)
     return record

@@ -3,12 +3,14 @@
 Units come from the inputs by a fixed rule (`UnitStream`), so the same inputs and
 `--unit-frames` always give the same units with the same indexes: a resumed run, a shard and
 `merge` all rebuild them. Every scored unit is saved (`save_unit`) as `units/NNNNNN.npz`:
-frame ids, scores and, when the run keeps them, the features.
+frame ids, scores and, when the run keeps them, the features; `NNNNNN.npz.sha256` beside it
+holds the digest of its bytes, checked before the unit is reused.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,12 +20,13 @@ from typing import TypeVar
 import numpy as np
 
 from virnucpro.errors import OutputError
-from virnucpro.files import os_error
+from virnucpro.files import digest_path, digest_problem, os_error, write_digest
 from virnucpro.frames import RecordFrames, iter_record_frames
 from virnucpro.reader import ReadStats, read_records
 from virnucpro.runtime.batching import WorkUnit, iter_units
 from virnucpro.runtime.worker import UnitResult
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 UNITS_DIR = "units"
 
@@ -88,23 +91,50 @@ def save_unit(home: Path, unit: WorkUnit, result: UnitResult) -> None:
     # match, then renamed: a run killed mid-write leaves no unit that looks finished.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        digest_path(path).unlink(missing_ok=True)  # a rescored unit: its old digest goes
         with tmp.open("wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise os_error(path, exc) from None
+    # The digest of the file's bytes, whatever they hold, written after it: a unit counts
+    # as done only when its digest matches (`finished_units`, `load_unit`).
+    write_digest(path)
+
+
+class UnitDamaged(OutputError):
+    """A saved unit whose bytes no longer match the digest recorded when it was saved."""
+
+
+def unit_problem(home: Path, index: int) -> str | None:
+    """None when the saved unit `index` is whole; else one line naming its file."""
+    path = unit_path(home, index)
+    problem = digest_problem(path)
+    return None if problem is None else f"{path}: {problem}"
 
 
 def finished_units(home: Path) -> set[int]:
-    """Indexes of the units saved in `home` by `save_unit` (a resumed run reuses them)."""
-    return {int(p.name.split(".")[0]) for p in (Path(home) / UNITS_DIR).glob("[0-9]*.npz")}
+    """Indexes of the units saved in `home` by `save_unit` whose bytes match their digest (a
+    resumed run reuses them); a damaged one is named in the log, and scored again."""
+    done = set()
+    for p in (Path(home) / UNITS_DIR).glob("[0-9]*.npz"):
+        index = int(p.name.split(".")[0])
+        problem = unit_problem(home, index)
+        if problem is None:
+            done.add(index)
+        elif digest_path(p).exists():  # no digest yet: a run was killed as it saved this one
+            log.warning("%s; this unit is scored again", problem)
+    return done
 
 
 def load_unit(home: Path, unit: WorkUnit, *, need_features: bool = False) -> UnitResult:
-    """A saved unit's result; its frames must be the unit's (and its features there, when
-    the run keeps them)."""
+    """A saved unit's result; its bytes must match their digest (else `UnitDamaged`), its
+    frames the unit's (and its features must be there, when the run keeps them)."""
     path = unit_path(home, unit.index)
+    problem = unit_problem(home, unit.index)
+    if problem is not None:
+        raise UnitDamaged(problem)
     with np.load(path) as z:
         if tuple(z["frame_ids"]) != unit.frame_ids:
             raise OutputError(f"{path}: saved frames differ from the input; rerun with --force")
