@@ -4,6 +4,7 @@ it all old or all new (commit.py), damaged saved units are named and rescored or
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -181,13 +182,26 @@ def test_a_real_kill_mid_switch_is_finished_by_the_next_run(base, rethresholded,
     assert _which(out, {"old": base["single"], "new": new}) == "old"
 
 
-def test_predict_killed_in_its_final_switch_resumes_or_is_finished(base, tiny_models, tmp_path,
-                                                                  hook):
+@pytest.fixture(scope="module")
+def unfinished(base, tiny_models):
+    """A run killed at the first step of its final switch: every unit is saved, no output
+    is in place."""
+    out = base["root"] / "unfinished" / "out"
+    commit.after_step = _kill_at(0)
+    try:
+        with pytest.raises(Killed):
+            main(predict_args(tiny_models, [base["input"]], out, *FAST))
+    finally:
+        commit.after_step = None
+    return out
+
+
+def test_predict_killed_in_its_final_switch_resumes_or_is_finished(base, unfinished,
+                                                                  tiny_models, tmp_path, hook):
     out = tmp_path / "out"
+    shutil.copytree(unfinished, out)
     argv = predict_args(tiny_models, [base["input"]], out, *FAST)
-    hook(_kill_at(0))  # before the journal: the old state (an unfinished run) stands
-    with pytest.raises(Killed):
-        main(argv)
+    # Killed before the journal: the old state (an unfinished run) stands.
     assert not predict_paths(out)["run"].exists() and (out / STATE_DIR / "state.json").exists()
     hook(_kill_on("renamed viral.fna"))
     with pytest.raises(Killed):  # after the journal, mid-renames
@@ -243,13 +257,11 @@ def _damage(path: Path, how: str) -> None:
             np.savez(fh, **arrays)
 
 
-def test_resume_names_and_rescores_damaged_units(base, tiny_models, tmp_path, hook, capsys):
+def test_resume_names_and_rescores_damaged_units(base, unfinished, tiny_models, tmp_path,
+                                                 capsys):
     out = tmp_path / "out"
+    shutil.copytree(unfinished, out)
     argv = predict_args(tiny_models, [base["input"]], out, *FAST)
-    hook(_kill_at(0))  # an unfinished run whose every unit is saved
-    with pytest.raises(Killed):
-        main(argv)
-    hook(None)
     units = sorted((out / STATE_DIR / "units").glob("[0-9]*.npz"))
     assert len(units) >= 3 and all(Path(f"{u}.sha256").is_file() for u in units)
     damaged = dict(zip(("empty", "truncated", "edited"), units[:3], strict=True))
@@ -333,3 +345,39 @@ def test_merge_refuses_an_input_inside_its_output(base, tmp_path, capsys):
     for force in ((), ("--force",)):
         _refused(capsys, ["merge", *map(str, base["shards"]), "-o", str(out), "-q", *force],
                  victim, content)
+
+
+def test_a_unit_counts_as_saved_only_with_a_matching_digest(tmp_path, caplog):
+    from virnucpro.runtime.batching import WorkUnit
+    from virnucpro.runtime.units import (
+        UnitDamaged,
+        finished_units,
+        load_unit,
+        save_unit,
+        unit_path,
+    )
+    from virnucpro.runtime.worker import UnitResult
+
+    (tmp_path / "units").mkdir()
+    unit = WorkUnit(7, ("a_chunk_1F1",), ("ACGTACG",), ("TY",))
+    scores = np.array([[0.25, 0.75]], np.float32)
+    save_unit(tmp_path, unit, UnitResult(7, scores, None))
+    path = unit_path(tmp_path, 7)
+    digest = Path(f"{path}.sha256")
+    assert digest.read_text() == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  000007.npz\n"
+    assert finished_units(tmp_path) == {7}
+
+    kept = digest.read_bytes()
+    digest.unlink()  # killed between the unit and its digest: not done, nothing to report
+    assert finished_units(tmp_path) == set() and not caplog.records
+    digest.write_bytes(kept)
+    _damage(path, "edited")
+    assert finished_units(tmp_path) == set()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: damaged: its sha256 differs from the one recorded when it was saved "
+        f"({path.stat().st_size} bytes); this unit is scored again"]
+    with pytest.raises(UnitDamaged, match=str(path)):
+        load_unit(tmp_path, unit)
+    save_unit(tmp_path, unit, UnitResult(7, scores, None))  # rescored: whole again
+    assert finished_units(tmp_path) == {7}
+    assert load_unit(tmp_path, unit).scores.tolist() == scores.tolist()
