@@ -84,8 +84,8 @@ def rethreshold(inputs: tuple[str, ...], out_dir: Path, finished: dict[str, Any]
     record = {**finished, "params": new, "counts": counts,
               "rethresholded": {"from": params.get("threshold"),
                                 "seconds": round(time.perf_counter() - t0, 3)}}
-    # The verdict files, MultiQC's and run.json change together (commit.py); the saved
-    # scores are left as they are.
+    # Every file the writer made (prediction_results.txt again, with the same scores), the
+    # MultiQC files and run.json change together, or not at all (commit.py).
     switch = Switch(out_dir, remove=[out_dir / outputs.STATE_DIR])
     mqc.write_mqc(out_dir, Path(out_dir).resolve().name, counts["predictions"],
                   writer.histogram, switch)
