@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from virnucpro.errors import OutputError, VirnucproError
+from virnucpro.errors import InputError, OutputError, VirnucproError
 
 _HASH_BLOCK = 1 << 22
 
@@ -153,6 +153,75 @@ def sha256_file(path: Path, advance: Callable[[int], Any] | None = None) -> str:
             if advance is not None:
                 advance(len(block))
     return h.hexdigest()
+
+
+DIGEST_SUFFIX = ".sha256"  # `NAME.sha256` beside NAME: "<hex>  NAME", as sha256sum writes
+
+
+def digest_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + DIGEST_SUFFIX)
+
+
+def write_digest(path: Path) -> None:
+    """Record the sha256 of `path`'s bytes beside it (written after the file, atomically), so
+    a later reader can tell a file that is whole from one damaged since (`digest_problem`)."""
+    path = Path(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise os_error(path, exc, "cannot read") from None
+    with atomic_write(digest_path(path)) as fh:
+        fh.write(f"{digest}  {path.name}\n")
+
+
+def digest_problem(path: Path) -> str | None:
+    """None when `path` matches the digest `write_digest` recorded; otherwise what is wrong,
+    in words (no digest counts as damaged: the file may be half written)."""
+    try:
+        recorded = digest_path(path).read_text(encoding="ascii").split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return f"no valid checksum ({digest_path(path).name})"
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if actual != recorded:
+        size = Path(path).stat().st_size
+        what = "empty" if size == 0 else f"{size} bytes"
+        return f"damaged: its sha256 differs from the one recorded when it was saved ({what})"
+    return None
+
+
+def check_apart(inputs: Iterable[str], owned: Iterable[Path]) -> None:
+    """Refuse an input that is one of a run's own output paths (`owned`), which a run, or
+    --force, replaces or deletes: the same file by device and inode (a hard link or a symlink
+    to it counts), or a file inside an owned folder. Stdin ('-') is never an output."""
+    by_inode: dict[tuple[int, int], Path] = {}
+    folders: list[tuple[Path, Path]] = []
+    for p in map(Path, owned):
+        try:
+            st = p.stat()
+        except OSError:
+            continue  # not there yet, so no input can be it
+        if p.is_dir():
+            folders.append((Path(os.path.abspath(p)), p.resolve()))
+        else:
+            by_inode[(st.st_dev, st.st_ino)] = p
+    for inp in inputs:
+        if inp == "-":
+            continue
+        try:
+            st = os.stat(inp)
+        except OSError:
+            continue  # the reader names a missing input
+        hit = by_inode.get((st.st_dev, st.st_ino))
+        names = (Path(os.path.abspath(inp)), Path(inp).resolve())
+        hit = hit or next((d for d, real in folders for n in names
+                           if n.is_relative_to(d) or n.is_relative_to(real)), None)
+        if hit is not None:
+            raise InputError(f"{inp}: this input is also the run's output {hit}, which the run "
+                             "replaces (or --force deletes); an input is never overwritten: "
+                             "move it or choose another output directory")
 
 
 class ExternalSort:

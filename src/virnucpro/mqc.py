@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from virnucpro.commit import Switch
 from virnucpro.errors import InputError
 from virnucpro.files import write_json
 from virnucpro.outputs import HISTOGRAM_BINS, MQC_FILES, predict_paths
@@ -68,12 +69,16 @@ def mqc_content(sample: str, counts: Mapping[str, int],
 
 
 def write_mqc(out_dir: Path | str, sample: str, counts: Mapping[str, int],
-              histogram: Sequence[int]) -> list[Path]:
-    """Write one sample's custom-content files into `out_dir`; returns their paths."""
+              histogram: Sequence[int], switch: Switch | None = None) -> list[Path]:
+    """Write one sample's custom-content files into `out_dir`; returns their paths. With a
+    `switch`, they are staged in it, to move into place with the run's other files."""
     paths = []
     for name, doc in mqc_content(sample, counts, histogram).items():
         path = Path(out_dir) / name
-        write_json(path, doc)
+        if switch is not None:
+            switch.write_json(path, doc)
+        else:
+            write_json(path, doc)
         paths.append(path)
     return paths
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro import __version__, files, outputs
+from virnucpro.commit import Switch, recover
 from virnucpro.errors import InputError, OutputError, VirnucproError
 from virnucpro.reader import InputSummary, ReadStats, validate_inputs
 from virnucpro.regions import RegionParams
@@ -180,6 +181,8 @@ def prepare_output(cfg: PredictConfig, plan: RunPlan) -> Resume | Finished:
 
     out, state = cfg.output_dir, cfg.output_dir / outputs.STATE_DIR
     units = units_home(cfg) / UNITS_DIR
+    files.check_apart(cfg.inputs, shards.owned_paths(out))  # --force or not
+    recover(out)  # a switch of finished files that a killed run left half done
     if cfg.force:
         shutil.rmtree(state, ignore_errors=True)
         shards.remove_shard_files(out)
@@ -356,6 +359,7 @@ def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
         if all(old.get(k) == plan.params[k] for k in VERDICT_KEYS):
             log.info("%s already holds this finished run; nothing to do (--force recomputes)",
                      cfg.output_dir)
+            shutil.rmtree(state, ignore_errors=True)  # what a killed re-threshold left
             return found.record
         from virnucpro.rethreshold import rethreshold
 
@@ -391,10 +395,10 @@ def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
                          startup[0] if startup else None, stats.plan)
     if cfg.shard is not None:
         shards.write_shard_record(cfg.output_dir, plan.run_fingerprint, cfg.shard, consumed)
+    switch = Switch(cfg.output_dir, remove=[state])  # all files at once (commit.py)
     mqc.write_mqc(cfg.output_dir, cfg.output_dir.resolve().name, counts["predictions"],
-                  writer.histogram)
-    writer.finish(record)
-    shutil.rmtree(state, ignore_errors=True)
+                  writer.histogram, switch)
+    writer.finish(record, switch)
     _log_summary(record, cfg.output_dir)
     return record
 

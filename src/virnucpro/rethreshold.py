@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from virnucpro import mqc, outputs
+from virnucpro.commit import Switch
 from virnucpro.errors import OutputError
 from virnucpro.frames import piece_frames
 from virnucpro.reader import ReadStats
@@ -94,9 +95,12 @@ def rethreshold(inputs: tuple[str, ...], out_dir: Path, finished: dict[str, Any]
     record = {**finished, "params": new, "counts": counts,
               "rethresholded": {"from": params.get("threshold"),
                                 "seconds": round(time.perf_counter() - t0, 3)}}
+    # Every file the writer made (prediction_results.txt again, with the same scores), the
+    # MultiQC files and run.json change together, or not at all (commit.py).
+    switch = Switch(out_dir, remove=[out_dir / outputs.STATE_DIR])
     mqc.write_mqc(out_dir, Path(out_dir).resolve().name, counts["predictions"],
-                  writer.histogram)
-    writer.finish(record)
+                  writer.histogram, switch)
+    writer.finish(record, switch)
     log.info("applied threshold %g (was %g) to the saved scores in %s; no model was run",
              threshold, params.get("threshold"), out_dir)
     return record

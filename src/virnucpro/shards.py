@@ -21,12 +21,14 @@ import logging
 import re
 import shutil
 import time
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from virnucpro import files, mqc, outputs
+from virnucpro.commit import JOURNAL, STAGING, Switch, recover
 from virnucpro.errors import InputError, OutputError
 from virnucpro.frames import piece_frames
 from virnucpro.reader import ReadStats
@@ -37,6 +39,7 @@ from virnucpro.runtime.protocol import RecordUnit, Render, UnitResult
 from virnucpro.runtime.units import (
     UNITS_DIR,
     Balancer,
+    UnitDamaged,
     UnitStream,
     load_unit,
     unit_path,
@@ -72,6 +75,16 @@ def write_shard_record(out_dir: Path, run_fingerprint: str, shard: tuple[int, in
     files.write_json(shard_paths(out_dir)["shard"], {
         "format": SHARD_FORMAT, "run_fingerprint": run_fingerprint, "shard": shard[0],
         "shards": shard[1], "units": list(units)})
+
+
+def owned_paths(out_dir: Path) -> list[Path]:
+    """Every path that predict, a shard or merge writes, replaces or (with --force) deletes
+    in `out_dir`: no input may be one of them (`files.check_apart`)."""
+    out_dir = Path(out_dir)
+    return [*outputs.predict_paths(out_dir).values(),
+            *(out_dir / name for name in outputs.MQC_FILES.values()),
+            *shard_paths(out_dir).values(), out_dir / outputs.STATE_DIR,
+            out_dir / outputs.EMBEDDINGS_DIR, out_dir / JOURNAL, out_dir / STAGING]
 
 
 def remove_shard_files(out_dir: Path) -> None:
@@ -179,13 +192,9 @@ def locate_inputs(shards: Sequence[Shard]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _prepare_merge_output(out_dir: Path, state: Path, shards: Sequence[Shard],
-                          force: bool) -> None:
-    """Refuse to merge into a shard, or over outputs or an unfinished run without --force."""
-    out = Path(out_dir).resolve()
-    if any(s.dir.resolve() == out for s in shards):
-        raise OutputError(f"{out_dir}: is one of the shard directories; merge into another")
-    outputs.make_output_dir(out_dir)
+def _prepare_merge_output(out_dir: Path, state: Path, force: bool) -> None:
+    """Under the lock: refuse to merge over outputs or an unfinished merge without --force."""
+    recover(out_dir)  # a switch of finished files that a killed merge left half done
     paths = outputs.predict_paths(out_dir)
     present = [p.name for p in [*paths.values(), state] if p.exists()]
     if present and not force:
@@ -214,13 +223,17 @@ def _owned_units(shards: Sequence[Shard], stream: Iterable[tuple[RecordUnit, T]]
 
 
 def _load(shard: Shard, unit: RecordUnit, need_features: bool) -> UnitResult:
+    rerun = (f"shard {shard.name} needs a rerun: run its predict command again with --force "
+             f"(into {shard.dir})")
+    path = unit_path(shard.dir, unit.index)
+    if not path.exists():
+        raise InputError(f"{path}: missing; {rerun}")
     try:
         return load_unit(shard.dir, unit, need_features=need_features)
-    except FileNotFoundError:
-        raise InputError(f"{unit_path(shard.dir, unit.index)}: missing; shard {shard.name} "
-                         "is incomplete") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{unit_path(shard.dir, unit.index)}: cannot read ({exc})") from None
+    except UnitDamaged as exc:
+        raise InputError(f"{exc}; {rerun}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: cannot read ({exc}); {rerun}") from None
 
 
 def _merged_record(shards: Sequence[Shard], inputs: Sequence[str], out_dir: Path,
@@ -251,8 +264,13 @@ def merge_shards(shard_dirs: Sequence[Path], out_dir: Path, *, force: bool = Fal
     shards = check_complete([read_shard(Path(d)) for d in shard_dirs])
     inputs = locate_inputs(shards)
     state = Path(out_dir) / outputs.STATE_DIR
-    _prepare_merge_output(out_dir, state, shards, force)
+    out = Path(out_dir).resolve()
+    if any(s.dir.resolve() == out for s in shards):
+        raise OutputError(f"{out_dir}: is one of the shard directories; merge into another")
+    files.check_apart(inputs, owned_paths(out_dir))  # --force or not
+    outputs.make_output_dir(out_dir)
     with files.DirLock(Path(out_dir), outputs.LOCK_FILE):
+        _prepare_merge_output(out_dir, state, force)
         record = _write_merged(shards, inputs, Path(out_dir), state, command_line, t0)
     log.info("merged %d shards: %d sequences; outputs in %s", len(shards),
              record["counts"]["sequences"], out_dir)
@@ -284,8 +302,8 @@ def _write_merged(shards: Sequence[Shard], inputs: tuple[str, ...], out_dir: Pat
     record = _merged_record(shards, inputs, out_dir,
                             {**writer.counts(), "rna_records": read.rna_records},
                             time.perf_counter() - t0, command_line)
+    switch = Switch(out_dir, remove=[state])  # all files at once (commit.py)
     mqc.write_mqc(out_dir, Path(out_dir).resolve().name, record["counts"]["predictions"],
-                  writer.histogram)
-    writer.finish(record)
-    shutil.rmtree(state, ignore_errors=True)
+                  writer.histogram, switch)
+    writer.finish(record, switch)
     return record

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from virnucpro.commit import Switch
 from virnucpro.errors import OutputError
-from virnucpro.files import ExternalSort, os_error, write_json
+from virnucpro.files import ExternalSort, os_error
 from virnucpro.outputs import (
     CHUNK_COLUMNS,
     EMBEDDINGS_DIR,
@@ -99,8 +99,11 @@ class PredictWriter:
     def counts(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._total.counts))
 
-    def finish(self, run_record: dict[str, object]) -> None:
-        """Move every output into place; run.json goes last."""
+    def finish(self, run_record: dict[str, object], switch: Switch | None = None) -> None:
+        """Switch every output into place at once, run.json last (`commit.Switch`: a kill
+        leaves all the old files or all the new ones); `switch` may hold more of the run's
+        files (MultiQC's)."""
+        switch = switch if switch is not None else Switch(self.paths["run"].parent)
         try:
             for fh in self._fh.values():
                 fh.close()
@@ -110,17 +113,16 @@ class PredictWriter:
                 # sorts before any character of a longer id.
                 fh.write(tsv_row(HIGHEST_COLUMNS))
                 self._highest.write_sorted(fh)
-            for role in TEXT_ROLES:
-                os.replace(self.tmp_dir / self.paths[role].name, self.paths[role])
-            os.replace(highest, self.paths["highest"])
-            if self.save_embeddings:
-                emb_dir = self.paths["run"].parent / EMBEDDINGS_DIR
-                emb_dir.mkdir(exist_ok=True)
-                for p in sorted(self.tmp_dir.glob(f"{EMBEDDINGS_DIR}_*.npz")):
-                    os.replace(p, emb_dir / p.name.replace(f"{EMBEDDINGS_DIR}_", "unit_"))
         except OSError as exc:
             raise os_error(self.paths["run"].parent, exc) from None
-        write_json(self.paths["run"], run_record)
+        for role in TEXT_ROLES:
+            switch.add(self.tmp_dir / self.paths[role].name, self.paths[role])
+        switch.add(highest, self.paths["highest"])
+        if self.save_embeddings:
+            emb_dir = self.paths["run"].parent / EMBEDDINGS_DIR
+            for p in sorted(self.tmp_dir.glob(f"{EMBEDDINGS_DIR}_*.npz")):
+                switch.add(p, emb_dir / p.name.replace(f"{EMBEDDINGS_DIR}_", "unit_"))
+        switch.commit(self.paths["run"], run_record)
 
     def abort(self) -> None:
         for fh in self._fh.values():

@@ -6,12 +6,15 @@ Units come from the inputs by a fixed rule (`UnitStream`), so the same inputs an
 records of at most `--unit-frames` / 6 chunks in all (six frames a chunk at most), and a
 record with more chunks than that is cut at chunk boundaries into parts that fill units of
 their own, its last part opening the next unit. Chunking and translation happen in the
-workers. Every scored unit is saved (`save_unit`) as `units/NNNNNN.npz`.
+workers. Every scored unit is saved (`save_unit`) as `units/NNNNNN.npz` (scores, rendered
+rows and, when the run keeps them, the features); `NNNNNN.npz.sha256` beside it holds the
+digest of its bytes, checked before the unit is reused.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,11 +24,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from virnucpro.errors import OutputError
-from virnucpro.files import os_error
+from virnucpro.files import digest_path, digest_problem, os_error, write_digest
 from virnucpro.frames import chunk_bounds, n_chunks
 from virnucpro.reader import ReadStats, Record, read_records
 from virnucpro.runtime.protocol import Piece, RecordUnit, UnitResult
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 UNITS_DIR = "units"
 FRAMES_PER_CHUNK = 6  # at most: a unit of --unit-frames frames holds a sixth as many chunks
@@ -142,25 +146,52 @@ def save_unit(home: Path, unit: Any, result: UnitResult) -> None:
     # match, then renamed: a run killed mid-write leaves no unit that looks finished.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        digest_path(path).unlink(missing_ok=True)  # a rescored unit: its old digest goes
         with tmp.open("wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise os_error(path, exc) from None
+    # The digest of the file's bytes, whatever they hold, written after it: a unit counts
+    # as done only when its digest matches (`finished_units`, `load_unit`).
+    write_digest(path)
+
+
+class UnitDamaged(OutputError):
+    """A saved unit whose bytes no longer match the digest recorded when it was saved."""
+
+
+def unit_problem(home: Path, index: int) -> str | None:
+    """None when the saved unit `index` is whole; else one line naming its file."""
+    path = unit_path(home, index)
+    problem = digest_problem(path)
+    return None if problem is None else f"{path}: {problem}"
 
 
 def finished_units(home: Path) -> set[int]:
-    """Indexes of the units saved in `home` by `save_unit` (a resumed run reuses them)."""
-    return {int(p.name.split(".")[0]) for p in (Path(home) / UNITS_DIR).glob("[0-9]*.npz")}
+    """Indexes of the units saved in `home` by `save_unit` whose bytes match their digest (a
+    resumed run reuses them); a damaged one is named in the log, and scored again."""
+    done = set()
+    for p in (Path(home) / UNITS_DIR).glob("[0-9]*.npz"):
+        index = int(p.name.split(".")[0])
+        problem = unit_problem(home, index)
+        if problem is None:
+            done.add(index)
+        elif digest_path(p).exists():  # no digest yet: a run was killed as it saved this one
+            log.warning("%s; this unit is scored again", problem)
+    return done
 
 
 def load_unit(home: Path, unit: Any, *, need_features: bool = False) -> UnitResult:
-    """A saved unit's result; it must be this unit's (and hold features, when the run keeps
-    them)."""
+    """A saved unit's result; its bytes must match their digest (else `UnitDamaged`), and it
+    must be this unit's (holding features, when the run keeps them)."""
     from virnucpro.render import Rendered
 
     path = unit_path(home, unit.index)
+    problem = unit_problem(home, unit.index)
+    if problem is not None:
+        raise UnitDamaged(problem)
     with np.load(path, allow_pickle=False) as z:
         if str(z["key"]) != _key(unit):
             raise OutputError(f"{path}: saved frames differ from the input; rerun with --force")
