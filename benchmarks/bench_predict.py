@@ -44,6 +44,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import baseline as B
 import common as C
+import synthetic as S
 import torch
 
 TARGETS = {"dnabert_mfu": 0.70, "esm_mfu": 0.60, "forward_share": 0.85, "speedup": 1.25}
@@ -79,13 +80,13 @@ def build_models(work: Path, quick: bool, tokenizer: Path | None, seed: int) -> 
 
     dna_shape = C.DNABERT_TINY if quick else C.DNABERT_S
     esm_shape = C.ESM2_TINY if quick else C.ESM2_150M
-    tok_path, tok_label = C.dnabert_tokenizer_file(tokenizer, work)
-    dnabert = C.build_dnabert(dna_shape, torch.device("cpu"), torch.float32, seed)
-    dna_dir = C.write_dnabert_dir(dnabert, dna_shape, work / "dnabert-s", tok_path)
+    tok_path, tok_label = S.dnabert_tokenizer_file(tokenizer, work)
+    dnabert = S.build_dnabert(dna_shape, torch.device("cpu"), torch.float32, seed)
+    dna_dir = S.write_dnabert_dir(dnabert, dna_shape, work / "dnabert-s", tok_path)
     del dnabert
-    C.fair_esm_checkpoint(esm_shape, work / "esm2.pt", seed)
+    S.fair_esm_checkpoint(esm_shape, work / "esm2.pt", seed)
     esm_dir = convert_fair_esm(work / "esm2.pt", work / "esm2")
-    classifier = C.write_classifier(work / "classifier.pth", dna_shape.hidden + esm_shape.hidden)
+    classifier = S.write_classifier(work / "classifier.pth", dna_shape.hidden + esm_shape.hidden)
     return {"dnabert_dir": dna_dir, "esm_dir": esm_dir, "classifier": classifier,
             "dna_shape": dna_shape, "esm_shape": esm_shape, "tokenizer": tok_label,
             "esm_pt": work / "esm2.pt"}
@@ -96,24 +97,24 @@ def workload(args: argparse.Namespace, n_frames: int, work: Path,
     """The FASTA both sides score, its frames, and what it is (for the report)."""
     chunk = args.chunk_size
     if args.input is None and args.contigs is None:
-        records = C.stop_free_records(n_frames, chunk, seed=args.seed)
-        frames = C.frames_of(records, chunk)
+        records = S.stop_free_records(n_frames, chunk, seed=args.seed)
+        frames = S.frames_of(records, chunk)
         while len(frames) > n_frames:  # a record now and then keeps a second frame by chance
             records.pop()
-            frames = C.frames_of(records, chunk)
+            frames = S.frames_of(records, chunk)
         label = f"random {chunk} bp records, first frame stop-free"
     else:
         from virnucpro.reader import read_records
 
         records = (list(read_records([str(args.input)])) if args.input else
-                   C.contig_like_records(args.contigs, seed=args.seed))
+                   S.contig_like_records(args.contigs, seed=args.seed))
         records = _first_records(records, args.frames, chunk) if args.frames else records
-        frames = C.frames_of(records, chunk)
+        frames = S.frames_of(records, chunk)
         label = (f"{args.input or 'generated contig-like records'}: {len(records)} records, "
                  f"{sum(len(r.seq) for r in records):,} bp, chunks of {chunk} bp")
     if not frames:
         raise SystemExit(f"bench_predict: the input has no frame to score ({label})")
-    return C.write_fasta(records, work / "input.fa"), frames, label
+    return S.write_fasta(records, work / "input.fa"), frames, label
 
 
 def _first_records(records: list[Any], max_frames: int, chunk: int) -> list[Any]:
@@ -273,7 +274,7 @@ def baseline_run(spec_path: Path) -> int:
         fair = B.fair_esm(*B.load_fair_esm(spec["esm_pt"]))
     classifier, _ = load_classifier(spec["classifier"])
     lap("load")
-    frames = C.frames_of(list(read_records([spec["fasta"]])), spec["chunk_size"])
+    frames = S.frames_of(list(read_records([spec["fasta"]])), spec["chunk_size"])
     lap("read_and_translate")
     dna = B.baseline_dnabert(dnabert, tok, frames)
     lap("dnabert")
@@ -305,7 +306,7 @@ def measure_bf16(m: dict[str, Any], frames: list[Any], fasta: Path, work: Path,
     return {"peak": peak, "models": models, "e2e": e2e,
             "agreement": {k: C.agreement(r["models"][f"{k}_emb"], models[f"{k}_emb"])
                           for k in ("dnabert", "esm")},
-            "calls": C.call_agreement(
+            "calls": S.call_agreement(
                 torch.cat([r["models"]["dnabert_emb"], r["models"]["esm_emb"]], dim=1),
                 torch.cat([models["dnabert_emb"], models["esm_emb"]], dim=1))}
 

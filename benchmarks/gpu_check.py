@@ -32,9 +32,7 @@ import json
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import common as C
+import synthetic as S
 import torch
 from gpu_check_e2e import (
     esm_linear_weights,
@@ -52,6 +51,7 @@ from gpu_check_e2e import (
     section_baseline,
     section_e2e,
 )
+from gpu_plan import TIME_LIMITS, WORKLOADS, Clock, Plan, make_plan, run_section
 
 # Issue 14's goals on one H200 with default flags: (value >= target), except "max" ones.
 TARGETS = {"esm_mfu_compiled": 0.65, "esm_stage_mfu": 0.65, "dnabert_default_mfu": 0.35,
@@ -59,90 +59,9 @@ TARGETS = {"esm_mfu_compiled": 0.65, "esm_stage_mfu": 0.65, "dnabert_default_mfu
            "gpu_busy_after_startup": 0.95, "startup_without_compile_s": 5.0, "cosine": 0.9999,
            "vs_original": 14.0}
 AT_MOST = {"startup_without_compile_s"}
-# Seconds for everything; gpu_check.sh's hard stop is 30 s behind. A device command may
-# run 600 s; this keeps the whole check under 8 minutes there.
-TIME_LIMITS = {"gpu": 420, "cpu-tiny": 200}
-# (label, record length, chunk size): what each workload's frames come from.
-WORKLOADS = (("500bp chunks", 500, 500), ("300bp chunks", 300, 300), ("150bp reads", 150, 300))
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Sizes and time budgets of one check: the real one on a GPU, or tiny on the CPU."""
-
-    device: torch.device
-    tiny: bool
-    dnabert: C.Shape
-    esm: C.Shape
-    e2e_esm_fallback: C.Shape
-    peak_sizes: tuple[int, ...]
-    dnabert_budgets: tuple[int, ...]
-    esm_budgets: tuple[int, ...]
-    pool_frames: int  # frames per workload for throughput
-    agree_frames: int
-    e2e_frames: int
-    min_seconds: float  # per throughput measurement
-    max_seconds: float
-    section_seconds: dict[str, float]
-    baseline_frames: int | None  # the first e2e frames, for the original's loop (None: all)
-    baseline_esm: str  # its ESM-2: "auto" | "fair-esm" | "transformers"
-
-
-def make_plan(args: argparse.Namespace) -> Plan:
-    if args.cpu_tiny:
-        return Plan(torch.device("cpu"), True, C.DNABERT_TINY, C.ESM2_TINY, C.ESM2_TINY,
-                    (128, 256), (256, 2048), (512, 2048), 48, 16, args.e2e_frames or 120,
-                    0.02, 0.2, {"peak": 5, "dnabert": 20, "esm": 20, "compile": 60, "e2e": 60,
-                     "baseline": 30},
-                    baseline_frames=args.baseline_frames, baseline_esm=args.baseline_esm)
-    # The original's loop ran ESM-2 3B at ~33 frames/s on an H200: 2,000 frames take ~60 s.
-    return Plan(torch.device("cuda"), False, C.DNABERT_S, C.ESM2_3B, C.ESM2_650M,
-                (8192, 16384), (3072, 16384, 65536), (16384, 65536), 4096, 256,
-                args.e2e_frames or 20000, 1.5, 3.0,
-                {"peak": 15, "dnabert": 45, "esm": 70, "compile": 50, "e2e": 150,
-                 "baseline": 80},
-                baseline_frames=args.baseline_frames or 2000, baseline_esm=args.baseline_esm)
-
-
-class Clock:
-    """The global deadline and each section's share of it."""
-
-    def __init__(self, limit: float) -> None:
-        self.t0 = time.perf_counter()
-        self.end = self.t0 + limit
-
-    def left(self) -> float:
-        return self.end - time.perf_counter()
-
-    def section_deadline(self, seconds: float, reserve: float = 0.0) -> float:
-        return min(time.perf_counter() + seconds, self.end - reserve)
-
-
-def run_section(name: str, results: dict[str, Any], fn: Callable[[], dict[str, Any]],
-                clock: Clock, min_left: float = 5.0) -> None:
-    """Run one section; a failure or a spent deadline is recorded and printed, not raised."""
-    print(f"\n== {name} ==", flush=True)
-    if clock.left() < min_left:
-        results[name] = {"status": "skipped: out of time"}
-        print(f"  SKIPPED: {clock.left():.0f} s left of the time limit", flush=True)
-        return
-    t0 = time.perf_counter()
-    try:
-        out = fn()
-        results[name] = {"status": "ok", **out}
-    except Exception as exc:  # one section's failure must not stop the others
-        results[name] = {"status": f"failed: {type(exc).__name__}: {exc}"}
-        print(f"  FAILED: {type(exc).__name__}: {exc}")
-        print("  " + "".join(traceback.format_exc(limit=-3)).replace("\n", "\n  "))
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
-
-
 # ------------------------------------------------------------------ workload
 def workload_frames(n: int, length: int, chunk: int, seed: int) -> list[Any]:
-    return C.frames_of(C.stop_free_records(n, length, seed=seed, prefix=f"w{length}_"), chunk)
+    return S.frames_of(S.stop_free_records(n, length, seed=seed, prefix=f"w{length}_"), chunk)
 
 
 def reset_peak(device: torch.device) -> None:
@@ -224,7 +143,7 @@ def section_dnabert(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) 
 
     deadline = clock.section_deadline(plan.section_seconds["dnabert"], reserve=60)
     tok = state["tokenizer"]
-    model = C.build_dnabert(plan.dnabert, plan.device, torch.float32, seed)
+    model = S.build_dnabert(plan.dnabert, plan.device, torch.float32, seed)
     weights = C.encoder_linear_weights(model)
     agree_ids = tokenize_dna(tok, [f.nucleotide for f in state["agree_frames"]])
     model, fp32, bf16, agree = bf16_agreement(plan, embed_dnabert, model,
@@ -306,17 +225,17 @@ def section_esm(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) -> d
     tok = state["esm_tokenizer"]
     from virnucpro.models.esm import use_inference_layers
 
-    model = use_inference_layers(C.build_esm(plan.esm, plan.device, torch.float32, seed))
+    model = use_inference_layers(S.build_esm(plan.esm, plan.device, torch.float32, seed))
     weights = C.encoder_linear_weights(model)
     agree_ids = tokenize_protein(tok, [f.protein for f in state["agree_frames"]])
     model, fp32, bf16, agree = bf16_agreement(plan, embed_esm, model,
-                                              lambda m: C.esm_to(m, torch.bfloat16), agree_ids,
+                                              lambda m: S.esm_to(m, torch.bfloat16), agree_ids,
                                               plan.esm.name)
     state["esm_model"] = model
     calls = None
     if "dnabert_features" in state:
         dna32, dna16 = state["dnabert_features"]
-        calls = C.call_agreement(torch.cat([dna32, fp32], dim=1),
+        calls = S.call_agreement(torch.cat([dna32, fp32], dim=1),
                                  torch.cat([dna16, bf16], dim=1), seed)
         print(f"  random classifier (calibrated to call half virus) on [DNABERT-S | ESM-2] "
               f"features: same call in bf16 as in fp32 on {C.fmt_pct(calls['same_call'])} of "
@@ -341,7 +260,7 @@ def setup(plan: Plan, args: argparse.Namespace, work: Path,
     from virnucpro.models.dnabert import load_dnabert_tokenizer
     from virnucpro.models.esm import ESM_VOCAB
 
-    tok_path, tok_label = C.dnabert_tokenizer_file(args.tokenizer, work)
+    tok_path, tok_label = S.dnabert_tokenizer_file(args.tokenizer, work)
     tok_dir = work / "tokenizer"
     tok_dir.mkdir()
     (tok_dir / "tokenizer.json").write_bytes(tok_path.read_bytes())

@@ -16,14 +16,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import baseline as B
 import common as C
+import synthetic as S
 import torch
+from gpu_plan import Clock, Plan
 
-if TYPE_CHECKING:
-    from gpu_check import Clock, Plan
 
 # ------------------------------------------------------------------ end to end
 class UtilSampler:
@@ -84,12 +84,12 @@ def write_e2e_models(plan: Plan, state: dict[str, Any], work: Path, seed: int) -
         state.pop(key, None)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    dna = C.build_dnabert(plan.dnabert, plan.device, torch.bfloat16, seed)
-    esm = C.build_esm(shape, plan.device, torch.bfloat16, seed)
-    dna_dir = C.write_dnabert_dir(dna, plan.dnabert, work / "dnabert-s", state["tokenizer_path"])
-    esm_dir = C.write_esm_dir(esm, work / "esm2")
+    dna = S.build_dnabert(plan.dnabert, plan.device, torch.bfloat16, seed)
+    esm = S.build_esm(shape, plan.device, torch.bfloat16, seed)
+    dna_dir = S.write_dnabert_dir(dna, plan.dnabert, work / "dnabert-s", state["tokenizer_path"])
+    esm_dir = S.write_esm_dir(esm, work / "esm2")
     del esm, dna
-    cls = C.write_classifier(work / "classifier.pth", plan.dnabert.hidden + shape.hidden, seed)
+    cls = S.write_classifier(work / "classifier.pth", plan.dnabert.hidden + shape.hidden, seed)
     print(f"  wrote DNABERT-S (fp32 .bin) and {shape.name} (bf16 safetensors) in "
           f"{time.perf_counter() - t0:.1f} s")
     return {"dnabert": dna_dir, "esm": esm_dir, "classifier": cls, "esm_shape": shape}
@@ -126,8 +126,8 @@ def section_e2e(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) -> d
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     n_frames = e2e_frame_count(plan, state, models["esm_shape"], clock)
-    records = C.stop_free_records(n_frames, 500, seed=seed + 7, prefix="e2e_")
-    frames = C.frames_of(records, 500)
+    records = S.stop_free_records(n_frames, 500, seed=seed + 7, prefix="e2e_")
+    frames = S.frames_of(records, 500)
     state["e2e"] = {"frames": frames, "models": models}  # the baseline runs on them
     # Read by the workers this process spawns; a benchmark's own setting, not the tool's.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")
@@ -135,12 +135,12 @@ def section_e2e(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) -> d
     flags = ["--no-compile"] if plan.tiny else []
     runs = {}
     for label, recs in (("cold", records[:max(len(records) // 4, 1)]), ("warm", records)):
-        fasta = C.write_fasta(recs, work / f"e2e_{label}.fa")
+        fasta = S.write_fasta(recs, work / f"e2e_{label}.fa")
         out = work / f"e2e_{label}"
         argv = ["predict", str(fasta), "-o", str(out), "--dnabert", str(models["dnabert"]),
                 "--esm", str(models["esm"]), "-p", str(models["classifier"]),
                 "--device", plan.device.type, "--offline", "--no-progress", "-q", *flags]
-        run_frames = frames if label == "warm" else C.frames_of(recs, 500)
+        run_frames = frames if label == "warm" else S.frames_of(recs, 500)
         print(f"  {label} inductor cache, {len(run_frames)} frames: "
               f"virnucpro {' '.join(argv[:2])} ... (in this process)", flush=True)
         rc, wall, util = run_cli(argv, plan.device)
