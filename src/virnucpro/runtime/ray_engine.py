@@ -65,9 +65,11 @@ class Scorer:
         import torch
 
         from virnucpro.runtime.cpu import apply_process_settings
+        from virnucpro.runtime.worker import claim_device
 
         device = "cuda:0" if ray.get_gpu_ids() else "cpu"
         self.spec = replace(spec, device=device)
+        claim_device(device)
         apply_process_settings(device, spec.threads)
         torch.set_grad_enabled(False)
         self.models: Any = None
