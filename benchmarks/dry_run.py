@@ -112,13 +112,15 @@ def guarded_env(site: Path, bin_dir: Path) -> dict[str, str]:
     return env
 
 
-def run_guarded(argv: list[str], work: Path, timeout: float) -> subprocess.CompletedProcess:
-    """`argv` (a script of this repository and its arguments) under the guard."""
+def run_guarded(argv: list[str], work: Path, timeout: float,
+                exclude: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`argv` (a command run in the repository root; `$PYTHON` is the guarded interpreter)
+    under the guard, less the distributions in `exclude`."""
     site, bin_dir = work / "site", work / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     if not site.exists():
-        build_site(site)
-    return subprocess.run(["bash", *argv], cwd=REPO, env=guarded_env(site, bin_dir),
+        build_site(site, exclude)
+    return subprocess.run(argv, cwd=REPO, env=guarded_env(site, bin_dir),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -137,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"not installed here (not tried): {', '.join(missing_carried())}")
         out = args.json or work / "gpu_check.json"
         rc = 0
-        for cmd in (["benchmarks/gpu_check.sh", "--cpu-tiny", "--json", str(out)],
-                    ["benchmarks/gpu_tests.sh", "--no-install"]):
+        for cmd in (["bash", "benchmarks/gpu_check.sh", "--cpu-tiny", "--json", str(out)],
+                    ["bash", "benchmarks/gpu_tests.sh", "--no-install"]):
             proc = run_guarded(cmd, work, timeout=600)
             print(f"== {' '.join(cmd)}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
             rc = rc or proc.returncode

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check of virnucpro: < 7.5 minutes (440 s at most) on one CUDA GPU, nothing downloaded.
+# One prepared GPU check of virnucpro: < 6 minutes on one CUDA GPU, nothing downloaded.
 #
 #   benchmarks/gpu_check.sh [--json FILE]     # on a CUDA machine
 #   benchmarks/gpu_check.sh --cpu-tiny        # same code, tiny models, CPU, seconds (tests)
@@ -19,5 +19,5 @@ source "$root/benchmarks/wheels.sh"
 needed=("${modules_check[@]}")
 [[ " $* " == *" --cpu-tiny "* ]] || needed+=(pynvml)  # NVML: the GPU's own busy share
 ensure_modules "$py" gpu_check.sh "${needed[@]}" || exit 2
-# gpu_check.py keeps to its own deadline (420 s); this is the hard stop behind it.
-exec timeout -k 10 440 "$py" benchmarks/gpu_check.py "$@"
+# gpu_check.py keeps to its own deadline (310 s); this is the hard stop behind it.
+exec timeout -k 10 325 "$py" benchmarks/gpu_check.py "$@"
