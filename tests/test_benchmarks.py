@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 420  # seconds: each benchmark starts worker processes, on possibly busy cores
+TIMEOUT = 660  # seconds: each benchmark starts worker processes, on possibly busy cores
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils timeout")
 
@@ -236,7 +236,8 @@ def test_gpu_check_time_limits_agree():
     (with its start-up) stays under 6 minutes, gpu_tests.sh's pytest under 4."""
     gpu_check = _bench_module("gpu_check")
     script = (REPO / "benchmarks" / "gpu_check.sh").read_text()
-    kill_after, hard_stop = map(int, re.search(r"timeout -k (\d+) (\d+) ", script).groups())
+    kill_after = int(re.search(r"timeout -k (\d+) ", script).group(1))
+    hard_stop = int(re.search(r"^hard_stop=(\d+)", script, re.M).group(1))
     limit = gpu_check.TIME_LIMITS["gpu"]
     # 25 s before it: checking the modules and installing the carried wheels.
     assert limit + 15 <= hard_stop and hard_stop + kill_after + 25 <= 6 * 60

@@ -189,14 +189,18 @@ def test_the_first_stage_mark_comes_after_tokenizing(tiny_models, unit, monkeypa
     import virnucpro.runtime.worker as worker
 
     events: list[str] = []
+
+    def spy(name: str, real):
+        def call(*args):
+            events.append(name)
+            return real(*args)
+        return call
+
     for name, module in (("tokenize_dna", virnucpro.models.dnabert),
                          ("tokenize_protein", virnucpro.models.esm),
                          ("embed_dnabert", virnucpro.models.dnabert),
                          ("embed_esm", virnucpro.models.esm)):
-        def spy(*args, _name=name, _real=getattr(module, name)):
-            events.append(_name)
-            return _real(*args)
-        monkeypatch.setattr(module, name, spy)
+        monkeypatch.setattr(module, name, spy(name, getattr(module, name)))
     real_mark = worker.StageClock.mark
     monkeypatch.setattr(worker.StageClock, "mark",
                         lambda self: (events.append("mark"), real_mark(self))[1])
