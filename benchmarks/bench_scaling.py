@@ -51,6 +51,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import common as C
 import numpy as np
+import synthetic as S
 
 ESM_TOKENS_PER_S = 88_100.0  # ESM-2 3B on one H200, bf16, regional compile
 DNABERT_TOKENS_PER_S = 495_000.0  # DNABERT-S on one H200, bf16
@@ -251,13 +252,13 @@ def workload(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]
     """The reads as FASTA, and what the stand-ins will see in them."""
     from virnucpro.frames import iter_record_frames
 
-    records = C.stop_free_reads(args.reads, *READ_LENGTHS, seed=args.seed)
+    records = S.stop_free_reads(args.reads, *READ_LENGTHS, seed=args.seed)
     frames = [f for rf in iter_record_frames(records, CHUNK_SIZE) for fs in rf.frames
               for f in fs]
     esm = sum(len(f.protein) + 2 for f in frames) / len(frames)
     dna = sum(len(f.nucleotide) // 5 + 2 for f in frames) / len(frames)
     per_frame = esm / ESM_TOKENS_PER_S + dna / DNABERT_TOKENS_PER_S
-    fasta = C.write_fasta(records, work / "reads.fa")
+    fasta = S.write_fasta(records, work / "reads.fa")
     return fasta, {"reads": args.reads, "read_lengths": READ_LENGTHS, "frames": len(frames),
                    "unit_frames": args.unit_frames, "esm_tokens_per_frame": esm,
                    "dnabert_tokens_per_frame": dna, "device_frames_per_s": 1 / per_frame}

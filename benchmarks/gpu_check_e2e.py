@@ -16,14 +16,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import baseline as B
 import common as C
+import synthetic as S
 import torch
+from gpu_plan import Clock, Plan
 
-if TYPE_CHECKING:
-    from gpu_check import Clock, Plan
 
 # ------------------------------------------------------------------ end to end
 class UtilSampler:
@@ -68,31 +68,47 @@ class UtilSampler:
 
 
 def write_e2e_models(plan: Plan, state: dict[str, Any], work: Path, seed: int) -> dict:
-    """Both models and a published-shape classifier in their real on-disk formats.
+    """Both models and a published-shape classifier in their real on-disk formats, in a
+    models directory whose manifest records them (hashed once, here: the runs then check
+    size and mtime, as for downloaded models, instead of hashing 5.6 GB each).
 
-    Both are built afresh in bf16 with the earlier sections' seed, ESM-2 3B written in bf16
-    (5.6 GB; the hub's fp32 file would be 11 GB): the models of those sections may be compiled,
-    and ESM-2 runs through our inference layers, which are not the hub's layout. If time is
-    short (for this section and the baseline after it), ESM-2 650M is built and written
-    instead, and both sections use it.
+    Built in bf16 with the check's seed, ESM-2 3B written in bf16 (5.6 GB; the hub's fp32
+    file would be 11 GB). If too little time is left for this section and the baseline,
+    ESM-2 650M is built and written instead, and both sections use it.
     """
     t0 = time.perf_counter()
     shape = plan.esm
-    if "esm_model" not in state or state["clock"].left() < 150 + plan.section_seconds["baseline"]:
+    if state["clock"].left() < plan.section_seconds["e2e"] + plan.section_seconds["baseline"]:
         shape = plan.e2e_esm_fallback
-    for key in ("esm_model", "dnabert_model", "dnabert_features"):
-        state.pop(key, None)
+    models_dir = work / "models"
+    dna = S.build_dnabert(plan.dnabert, plan.device, torch.bfloat16, seed)
+    esm = S.build_esm(shape, plan.device, torch.bfloat16, seed)
+    dna_dir = S.write_dnabert_dir(dna, plan.dnabert, models_dir / "dnabert-s",
+                                  state["tokenizer_path"])
+    esm_dir = S.write_esm_dir(esm, models_dir / "esm2")
+    del esm, dna
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    dna = C.build_dnabert(plan.dnabert, plan.device, torch.bfloat16, seed)
-    esm = C.build_esm(shape, plan.device, torch.bfloat16, seed)
-    dna_dir = C.write_dnabert_dir(dna, plan.dnabert, work / "dnabert-s", state["tokenizer_path"])
-    esm_dir = C.write_esm_dir(esm, work / "esm2")
-    del esm, dna
-    cls = C.write_classifier(work / "classifier.pth", plan.dnabert.hidden + shape.hidden, seed)
+    cls = S.write_classifier(work / "classifier.pth", plan.dnabert.hidden + shape.hidden, seed)
+    written = time.perf_counter() - t0
+    hashed = record_models(models_dir, {"dnabert": dna_dir, "esm": esm_dir})
     print(f"  wrote DNABERT-S (fp32 .bin) and {shape.name} (bf16 safetensors) in "
-          f"{time.perf_counter() - t0:.1f} s")
-    return {"dnabert": dna_dir, "esm": esm_dir, "classifier": cls, "esm_shape": shape}
+          f"{written:.1f} s; hashed them once into the manifest in {hashed:.1f} s")
+    return {"dnabert": dna_dir, "esm": esm_dir, "classifier": cls, "esm_shape": shape,
+            "models_dir": models_dir, "hash_seconds": round(hashed, 1)}
+
+
+def record_models(models_dir: Path, dirs: dict[str, Path]) -> float:
+    """Record each model directory in `models_dir`'s manifest; returns the seconds taken."""
+    from virnucpro.models.manifest import new_entry, save_entry
+
+    t0 = time.perf_counter()
+    for kind, path in dirs.items():
+        files = [f for f in sorted(path.iterdir()) if f.is_file()]
+        origin = {"kind": kind, "spec": str(path), "repo_id": None, "revision": None,
+                  "source": "benchmarks/gpu_check.py (random weights)"}
+        save_entry(models_dir, new_entry(models_dir, path, files, origin))
+    return time.perf_counter() - t0
 
 
 def esm_linear_weights(shape: C.Shape) -> int:
@@ -101,15 +117,14 @@ def esm_linear_weights(shape: C.Shape) -> int:
 
 
 def e2e_frame_count(plan: Plan, state: dict[str, Any], shape: C.Shape, clock: Clock) -> int:
-    """`plan.e2e_frames`, fewer if ESM-2 at the rate measured above would not finish in time
-    (about 60 s go to starting Python, hashing and loading the models; the baseline section
-    keeps its own time after this one)."""
-    rate = state.get("esm_flops_per_s")
-    if plan.tiny or not rate:
+    """`plan.e2e_frames`, fewer if ESM-2 would not score them in time: at 40% of the peak
+    (e2e runs before the esm section measures its rate), in half of what is left of this
+    section once ~75 s go to starting both runs, loading the models and the cold compile."""
+    if plan.tiny or not state.get("peak"):
         return plan.e2e_frames
     per_frame = C.forward_flops([169], esm_linear_weights(shape), shape.layers, shape.hidden)
-    left = clock.left() - 60 - plan.section_seconds["baseline"]
-    fits = int(0.6 * max(left, 0) * rate / per_frame)
+    left = state["e2e_deadline"] - time.perf_counter() - 75
+    fits = int(0.5 * max(left, 0) * 0.4 * state["peak"] / per_frame)
     if fits < plan.e2e_frames:
         print(f"  only {clock.left():.0f} s left: {fits} frames instead of {plan.e2e_frames}")
     return max(min(plan.e2e_frames, fits), 500)
@@ -119,28 +134,25 @@ def section_e2e(plan: Plan, state: dict[str, Any], clock: Clock, seed: int) -> d
     """`virnucpro predict` with its default flags, twice, with a fresh inductor cache: first
     on a quarter of the frames (the compile cost of a first run on a machine), then on all of
     them with the cache warm (the figures of a run on a machine that has run before)."""
-    import os
-
     work = state["work"]
+    state["e2e_deadline"] = clock.section_deadline(plan.section_seconds["e2e"],
+                                                   reserve=plan.section_seconds["baseline"])
     models = write_e2e_models(plan, state, work, seed)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     n_frames = e2e_frame_count(plan, state, models["esm_shape"], clock)
-    records = C.stop_free_records(n_frames, 500, seed=seed + 7, prefix="e2e_")
-    frames = C.frames_of(records, 500)
+    records = S.stop_free_records(n_frames, 500, seed=seed + 7, prefix="e2e_")
+    frames = S.frames_of(records, 500)
     state["e2e"] = {"frames": frames, "models": models}  # the baseline runs on them
-    # Read by the workers this process spawns; a benchmark's own setting, not the tool's.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")
     # On the CPU (the smoke run) compiling would only add minutes: the tests cover it.
     flags = ["--no-compile"] if plan.tiny else []
     runs = {}
     for label, recs in (("cold", records[:max(len(records) // 4, 1)]), ("warm", records)):
-        fasta = C.write_fasta(recs, work / f"e2e_{label}.fa")
+        fasta = S.write_fasta(recs, work / f"e2e_{label}.fa")
         out = work / f"e2e_{label}"
         argv = ["predict", str(fasta), "-o", str(out), "--dnabert", str(models["dnabert"]),
                 "--esm", str(models["esm"]), "-p", str(models["classifier"]),
+                "--models-dir", str(models["models_dir"]),
                 "--device", plan.device.type, "--offline", "--no-progress", "-q", *flags]
-        run_frames = frames if label == "warm" else C.frames_of(recs, 500)
+        run_frames = frames if label == "warm" else S.frames_of(recs, 500)
         print(f"  {label} inductor cache, {len(run_frames)} frames: "
               f"virnucpro {' '.join(argv[:2])} ... (in this process)", flush=True)
         rc, wall, util = run_cli(argv, plan.device)
@@ -196,6 +208,9 @@ def e2e_figures(run: dict, wall: float, startup: float | None, frames: list[Any]
            "gpu_busy_after_startup": min(1.0, busy / (wall - startup)) if startup else None,
            "esm_stage_mfu": (esm_flops / secs["esm"] / peak) if peak and secs.get("esm") else None,
            "nvml": util}
+    # Share of the tokens each model computed over that were padding (MFU counts real ones).
+    out["padding_share"] = {k: round(1 - st["tokens"] / st["padded_tokens"], 4)
+                            for k, st in stages.items() if st.get("padded_tokens")}
     plan = run.get("plan") or {}  # the settled dtype and budgets (workers propose, run takes)
     out["plan"] = {k: plan.get(k) for k in ("dtype", "dnabert_budget", "esm_budget", "compile")}
     compiled = [w.get("compile_seconds") for w in plan.get("workers", ()) if w.get("compiled")]
@@ -213,7 +228,7 @@ def e2e_figures(run: dict, wall: float, startup: float | None, frames: list[Any]
           f"{plan.get('esm_budget')} tokens, {plan.get('dtype')}; compiled: "
           f"{out['compile']['compiled']} ({fmt_secs(out['compile']['seconds'])}); start-up "
           f"without compiling {fmt_secs(out['startup_without_compile_seconds'])}")
-    print(f"  stage seconds {secs}")
+    print(f"  stage seconds {secs}; padding share {out['padding_share']}")
     print(f"  GPU busy (model stages of run.json / wall): "
           f"{C.fmt_pct(out['gpu_busy_stage_share'])} of the whole run, "
           f"{C.fmt_pct(out['gpu_busy_after_startup'])} after start-up; ESM stage MFU "

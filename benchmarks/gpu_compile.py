@@ -53,7 +53,7 @@ def section_compile(plan: Any, state: dict[str, Any], deadline: float,
     models = SimpleNamespace(dnabert=nets["dnabert"], esm=nets["esm"], device=plan.device,
                              esm_tokenizer=state["esm_tokenizer"])
     t0 = time.perf_counter()
-    out["report"] = compile_models(models)
+    out["report"] = compile_models(models, deadline=deadline)
     out["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(f"  compile_models: {out['report']} ({out['wall_seconds']} s)")
     if not out["report"]["compiled"]:

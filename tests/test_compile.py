@@ -1,11 +1,12 @@
 """Regional torch.compile (`--compile`): same numbers as the eager layers, every graph built at
-start-up, a clean fall-back when compiling fails. Runs inductor's CPU backend (needs a C++
-compiler), so the real compiler runs on the tiny models."""
+start-up (at real batch sizes, both alignments), one clear error when compiling fails. Runs
+inductor's CPU backend (needs a C++ compiler), so the real compiler runs on the tiny models."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import sysconfig
 
 import numpy as np
 import pytest
@@ -16,7 +17,13 @@ from virnucpro.cli import main
 from virnucpro.models.dnabert import embed_dnabert
 from virnucpro.models.esm import embed_esm
 from virnucpro.outputs import predict_paths
-from virnucpro.runtime.compile import compile_models
+from virnucpro.runtime.compile import (
+    WARM_TOKENS,
+    CompileError,
+    compile_models,
+    toolchain_missing,
+    warm_batches,
+)
 from virnucpro.runtime.worker import Settings, WorkerSpec, load_models
 
 needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
@@ -58,22 +65,82 @@ def test_compiled_layers_embed_as_eager_and_compile_nothing_after_start_up(tiny_
     assert counters["stats"]["unique_graphs"] == graphs
 
 
-def test_a_failed_compile_leaves_the_eager_layers(tiny_models, monkeypatch, caplog):
+def test_a_failed_compile_is_one_clear_error_and_leaves_the_eager_layers(tiny_models,
+                                                                        monkeypatch):
     models = _models(tiny_models, True)
     layers = [list(net.encoder.layer) for net in (models.dnabert, models.esm)]
 
     class Broken(torch.nn.Module):
         def forward(self, *args):
-            raise RuntimeError("no C++ compiler found\nlong details")
+            raise RuntimeError("inductor blew up\nlong details")
 
+    monkeypatch.setattr("virnucpro.runtime.compile.toolchain_missing", lambda device: None)
     monkeypatch.setattr(torch, "compile", lambda module, **kw: Broken())
-    report = compile_models(models)
-    assert report["compiled"] is False
-    assert report["compile_error"] == "RuntimeError: no C++ compiler found"
+    with pytest.raises(CompileError) as err:
+        compile_models(models)
+    assert str(err.value) == ("compiling the layers on cpu failed (RuntimeError: inductor blew "
+                              "up); run with --no-compile to score with the eager layers")
     assert [list(net.encoder.layer) for net in (models.dnabert, models.esm)] == layers
-    assert "torch.compile failed, running uncompiled" in caplog.text
     with torch.inference_mode():
         assert embed_esm(models.esm, _rows(0, [7, 3])).shape == (2, 32)
+
+
+def test_a_missing_toolchain_is_named_before_compiling(tiny_models, monkeypatch, tmp_path):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
+    assert toolchain_missing("cpu") == (f"a C++ compiler (c++, g++, clang++ not on PATH); "
+                                        f"Python's headers ({tmp_path}/Python.h)")
+    assert toolchain_missing("cuda").startswith("a C compiler (cc, gcc, clang not on PATH)")
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module))
+    with pytest.raises(CompileError, match=r"cannot compile the layers on cpu: no a C\+\+ "
+                                           r"compiler .*; install it or run with --no-compile"):
+        compile_models(_models(tiny_models, True))
+    assert compiled == []  # nothing was tried
+
+
+def test_compiling_by_default_only_where_the_toolchain_is_there():
+    from virnucpro.runtime.engine import Request, settle_start
+
+    gpu = {"compute_capability": "9.0", "compile_missing": None}
+    assert settle_start([gpu, gpu], Request(), None).compile is True
+    bare = {**gpu, "compile_missing": "a C compiler (cc, gcc, clang not on PATH)"}
+    assert settle_start([gpu, bare], Request(), None).compile is False
+    assert settle_start([bare], Request(compile=True), None).compile is True  # asked: it fails
+
+
+def test_warm_up_covers_both_alignments_at_a_real_batch_size():
+    batches = warm_batches(WARM_TOKENS["cuda"])
+    lengths = {max(b) for b in batches}
+    assert {n % 8 == 0 for n in lengths} == {True, False}
+    assert max(sum(b) for b in batches) > 0.9 * WARM_TOKENS["cuda"]  # not 3 x 37 tokens
+    assert sorted(len(set(b)) for b in batches) == [1, 1, 1, 1, 2, 2]  # a mask in two
+    assert sorted(len(b) for b in batches)[:2] == [1, 1]  # the single-row graph
+
+
+def _realistic_batches(budget: int) -> list[list[int]]:
+    """Token lengths of the batches a run over 500 bp chunks and 150-300 bp reads meets: most
+    proteins 166 residues (168 tokens), the rest shorter, cut by the engine's own batching."""
+    from virnucpro.runtime.batching import token_batches
+
+    rng = np.random.default_rng(3)
+    lengths = [168] * 60 + [int(n) for n in rng.integers(20, 168, 60)] + [102] * 30
+    rng.shuffle(lengths)
+    return [[lengths[i] for i in batch] for batch in token_batches(lengths, budget)]
+
+
+@needs_compiler
+def test_no_recompile_over_realistic_shapes(tiny_models):
+    """After the warm-up, every batch of a realistic run (aligned and unaligned lengths,
+    padded and not, last short batches) runs on the graphs built: none compiles again."""
+    models = _models(tiny_models, True)
+    compile_models(models)
+    batches = _realistic_batches(2048) + _realistic_batches(700)
+    assert {max(b) % 8 == 0 for b in batches} == {True, False}
+    with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"):
+        for lengths in batches:
+            embed_dnabert(models.dnabert, _rows(1, [n - 2 for n in lengths]))
+            embed_esm(models.esm, _rows(0, [n - 2 for n in lengths]))
 
 
 @needs_compiler

@@ -103,9 +103,11 @@ def test_one_precision_for_every_device(capabilities, precision, expected) -> No
 def test_describe_cpu() -> None:
     info = devices.describe_device(torch.device("cpu"))
     assert set(info) == {"device", "name", "compute_capability", "total_memory", "free_memory",
-                         "torch", "cuda"}
+                         "torch", "cuda", "cudnn", "attention", "compile_missing"}
     assert (info["device"], info["compute_capability"], info["cuda"]) == ("cpu", None, None)
-    assert info["torch"] == torch.__version__
+    assert info["torch"] == torch.__version__ and info["cudnn"] is None
+    # SDPA's kernels are pinned, cuDNN attention left out; recorded with the plan.
+    assert info["attention"] == ["flash_attention", "efficient_attention", "math"]
     if info["total_memory"] is not None:
         assert 0 < info["free_memory"] <= info["total_memory"]
 

@@ -149,7 +149,9 @@ def test_budget_does_not_change_scores_beyond_rounding(tiny_models, unit):
         big = score_unit(_models(tiny_models), unit)
         small = score_unit(_models(tiny_models, dna=64, esm=64), unit)
     np.testing.assert_allclose(big.scores, small.scores, atol=1e-5)
-    assert small.tokens == big.tokens
+    real = ("dnabert", "esm")  # padding depends on the budget, the real tokens do not
+    assert {k: small.tokens[k] for k in real} == {k: big.tokens[k] for k in real}
+    assert all(small.tokens[f"{k}_padded"] >= small.tokens[k] for k in real)
 
 
 def test_embed_only_mode_returns_features(tiny_models, unit):
@@ -179,3 +181,70 @@ def test_a_cpu_worker_reports_its_linear_kernels(tiny_models, monkeypatch, onedn
     kinds = {type(m) for net in (models.dnabert, models.esm) for m in net.modules()
              if isinstance(m, nn.Linear)}
     assert kinds == {cpu.OneDnnLinear if onednn_faster else nn.Linear}
+
+
+# ------------------------------------------------------------------ GPU readiness (issue 20)
+def test_the_first_stage_mark_comes_after_tokenizing(tiny_models, unit, monkeypatch):
+    """Host tokenizing is not counted as DNABERT-S time (nor as the device being busy)."""
+    import virnucpro.runtime.worker as worker
+
+    events: list[str] = []
+
+    def spy(name: str, real):
+        def call(*args):
+            events.append(name)
+            return real(*args)
+        return call
+
+    for name, module in (("tokenize_dna", virnucpro.models.dnabert),
+                         ("tokenize_protein", virnucpro.models.esm),
+                         ("embed_dnabert", virnucpro.models.dnabert),
+                         ("embed_esm", virnucpro.models.esm)):
+        monkeypatch.setattr(module, name, spy(name, getattr(module, name)))
+    real_mark = worker.StageClock.mark
+    monkeypatch.setattr(worker.StageClock, "mark",
+                        lambda self: (events.append("mark"), real_mark(self))[1])
+    with torch.inference_mode():
+        score_unit(_models(tiny_models), unit)
+    first = events.index("mark")
+    assert set(events[:first]) == {"tokenize_dna", "tokenize_protein"}
+    assert events[first + 1] == "embed_dnabert"
+
+
+def test_padded_tokens_are_counted_beside_the_real_ones(tiny_models, unit):
+    from virnucpro.runtime.worker import padded_tokens
+
+    # Batches longest first: [5, 4] (2 x 5) then [2] (1 x 2) at a budget of 10.
+    assert padded_tokens([[0] * 4, [0] * 2, [0] * 5], 10) == 12
+    with torch.inference_mode():
+        tokens = score_unit(_models(tiny_models, dna=64, esm=64), unit).tokens
+    for stage in ("dnabert", "esm"):
+        assert tokens[f"{stage}_padded"] >= tokens[stage] > 0
+
+
+def test_a_cuda_worker_makes_its_device_current_before_any_cuda_work(monkeypatch):
+    import queue
+
+    import virnucpro.runtime.devices as devices
+    import virnucpro.runtime.worker as worker
+
+    calls: list[object] = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: calls.append(("set", dev)))
+    worker.claim_device("cpu")
+    assert calls == []
+
+    def probe(device):
+        calls.append(("probe", device))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(devices, "describe_device", probe)
+    monkeypatch.setattr("virnucpro.runtime.cpu.apply_process_settings",
+                        lambda *a: calls.append(("settings",)))
+    monkeypatch.setattr("signal.signal", lambda *a: None)
+    monkeypatch.setattr(worker, "_exit_with_parent", lambda: None)
+    spec = WorkerSpec("d", "e", None, device="cuda:3", threads=1)
+    results: queue.Queue = queue.Queue()
+    worker.worker_main(0, spec, queue.Queue(), queue.Queue(), results)
+    assert calls == [("set", torch.device("cuda:3")), ("settings",),
+                     ("probe", torch.device("cuda:3"))]
+    assert results.get_nowait()[0] == "error"

@@ -243,7 +243,8 @@ def _run_record(cfg: PredictConfig, plan: RunPlan, stats: RunStats, counts: dict
         stages[name] = {"seconds": round(secs, 3),
                         "frames_per_s": round(stats.frames_scored / secs, 2) if secs else None}
         if tok is not None:
-            stages[name] |= {"tokens": tok, "tokens_per_s": round(tok / secs, 1) if secs else None}
+            stages[name] |= {"tokens": tok, "tokens_per_s": round(tok / secs, 1) if secs else None,
+                             "padded_tokens": stats.tokens.get(f"{name}_padded")}
     config = {k: _absolute(v) for k, v in asdict(cfg).items()
               if k not in ("command_line", "inputs")}
     config["runtime"] = {k: _absolute(v) if k in ("dnabert", "esm", "models_dir") else v

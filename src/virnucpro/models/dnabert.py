@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from virnucpro.errors import ModelError
+from virnucpro.models.attention import attention
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -86,7 +87,7 @@ class DnaBertSelfAttention(nn.Module):
         qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)  # [B, T, 3, nh, dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, nh, T, dh]
         # softmax(q k^T / sqrt(dh) + bias) v; bias = ALiBi + key padding, [B or 1, nh, T, T]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, nh, T, dh]
+        out = attention(q, k, v, bias)  # [B, nh, T, dh]; SDPA, cuDNN left out
         return out.transpose(1, 2).reshape(batch, length, hidden)  # [B, T, nh*dh]
 
 

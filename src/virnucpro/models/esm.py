@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from virnucpro.errors import ModelError
+from virnucpro.models.attention import attention
 from virnucpro.models.safeload import load_pickle
 
 # The original averaged at most this many residues (fair-esm's `truncation_seq_length`).
@@ -175,7 +176,7 @@ class EsmInferenceLayer(nn.Module):
         # ESM scales q before the rotation (as fair-esm and transformers do), then SDPA by 1.
         q = _rotate(q * self.head_dim**-0.5, cos, sin)
         k = _rotate(k, cos, sin)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=1.0)
+        attn = attention(q, k, v, keys, scale=1.0)  # SDPA, cuDNN left out
         x = x + self.attn_out(attn.transpose(1, 2).reshape(batch, width, hidden))
         return x + self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x))))
 

@@ -141,22 +141,28 @@ def torch_dtype(precision: str) -> torch.dtype:
 
 # ------------------------------------------------------------------ description
 def describe_device(device: torch.device) -> dict[str, Any]:
-    """Name, compute capability and memory (bytes) of a device, for logs and run.json.
-    Called in the worker that owns the device (it initialises CUDA)."""
+    """Name, compute capability and memory (bytes) of a device, the software it computes with
+    (torch, CUDA, cuDNN, the attention kernels SDPA may use) and what compiling on it lacks
+    (`compile_missing`, None if nothing), for logs and run.json. Called in the worker that
+    owns the device (it initialises CUDA)."""
     import torch
 
+    from virnucpro.models.attention import backend_names
+    from virnucpro.runtime.compile import toolchain_missing
+
     device = torch.device(device)
+    software = {"torch": torch.__version__, "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+                "attention": backend_names(), "compile_missing": toolchain_missing(device.type)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         free, total = torch.cuda.mem_get_info(device)
         return {"device": str(device), "name": props.name,
                 "compute_capability": f"{props.major}.{props.minor}",
-                "total_memory": total, "free_memory": free,
-                "torch": torch.__version__, "cuda": torch.version.cuda}
+                "total_memory": total, "free_memory": free, **software}
     return {"device": str(device), "name": platform.processor() or platform.machine(),
             "compute_capability": None, "total_memory": _sysconf_bytes("SC_PHYS_PAGES"),
-            "free_memory": _sysconf_bytes("SC_AVPHYS_PAGES"),
-            "torch": torch.__version__, "cuda": None}
+            "free_memory": _sysconf_bytes("SC_AVPHYS_PAGES"), **software, "cuda": None}
 
 
 def _sysconf_bytes(name: str) -> int | None:

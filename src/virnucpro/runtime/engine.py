@@ -228,8 +228,8 @@ def settle_start(probes: list[dict[str, Any]], request: Request,
                  recorded: Plan | None) -> Settings:
     """What every worker loads with: the run's one precision, as an earlier run of this output
     recorded, else the best that every worker's device (its probe) supports; and whether the
-    layers are compiled: as asked, else as recorded, else when every device is a GPU. The
-    budgets (0 here) are settled once the models are loaded (`settle_plan`)."""
+    layers are compiled: as asked, else as recorded, else when every device is a GPU with a
+    compiler toolchain. The budgets (0 here) are settled once the models are loaded."""
     from virnucpro.runtime.devices import common_precision
 
     caps = [None if p.get("compute_capability") is None
@@ -243,8 +243,9 @@ def settle_start(probes: list[dict[str, Any]], request: Request,
         compile_layers = request.compile
     elif recorded is not None:
         compile_layers = recorded.settings.compile
-    else:
-        compile_layers = bool(caps) and None not in caps
+    else:  # by default on GPUs, where each has what compiling needs (its probe says)
+        compile_layers = (bool(caps) and None not in caps
+                          and not any(p.get("compile_missing") for p in probes))
     return Settings(dtype, 0, 0, compile_layers)
 
 

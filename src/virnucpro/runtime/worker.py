@@ -153,6 +153,13 @@ def embed_batch(
             + embed_batch(embed, token_ids, batch[half:], models))
 
 
+def padded_tokens(token_ids: Sequence[Sequence[int]], budget: int) -> int:
+    """Tokens the model computes over, padding included (rows x longest row of each batch
+    `_embed_rows` makes): MFU counts the real ones, this shows what padding costs."""
+    lengths = [len(t) for t in token_ids]
+    return sum(len(b) * lengths[b[0]] for b in token_batches(lengths, budget))
+
+
 class StageClock:
     """Where each stage of a unit starts and ends: CUDA events on a GPU, so that timing waits
     for nothing inside a unit (the host queues the next stage while the GPU runs this one);
@@ -187,12 +194,14 @@ def score_unit(models: Models, unit: WorkUnit) -> UnitResult:
 
     s = models.settings
     clock = StageClock(models.device)
-    clock.mark()
+    # Host work first: the first mark goes just before the first forward, so tokenizing is
+    # counted neither as DNABERT-S time nor as the device being busy.
     dna_ids = tokenize_dna(models.dna_tokenizer, unit.nucleotides)
+    prot_ids = tokenize_protein(models.esm_tokenizer, unit.proteins)
+    clock.mark()
     dna = _embed_rows(lambda b: embed_dnabert(models.dnabert, b), dna_ids,
                       s.dnabert_budget, models)
     clock.mark()
-    prot_ids = tokenize_protein(models.esm_tokenizer, unit.proteins)
     prot = _embed_rows(lambda b: embed_esm(models.esm, b), prot_ids, s.esm_budget, models)
     clock.mark()
     features = torch.cat([dna, prot], dim=1)
@@ -203,7 +212,9 @@ def score_unit(models: Models, unit: WorkUnit) -> UnitResult:
     clock.mark()
     scores_np = scores.cpu().numpy().astype(np.float32)  # the unit's one wait for the device
     seconds = dict(zip(("dnabert", "esm", "classifier"), clock.seconds(), strict=True))
-    tokens = {"dnabert": sum(map(len, dna_ids)), "esm": sum(map(len, prot_ids))}
+    tokens = {"dnabert": sum(map(len, dna_ids)), "esm": sum(map(len, prot_ids)),
+              "dnabert_padded": padded_tokens(dna_ids, s.dnabert_budget),
+              "esm_padded": padded_tokens(prot_ids, s.esm_budget)}
     keep = models.spec.save_embeddings or models.classifier is None
     emb = features.cpu().numpy() if keep else None
     peak = torch.cuda.max_memory_allocated(models.device) if models.device.type == "cuda" \
@@ -220,12 +231,8 @@ class TorchBackend:
 
         self.spec = spec
         self.models: Models | None = None
-        device = torch.device(spec.device)
-        if device.type == "cuda":
-            # Before any CUDA work: events, streams and pinned memory then belong to this
-            # worker's GPU, not to GPU 0.
-            torch.cuda.set_device(device)
-        apply_process_settings(device.type, spec.threads)
+        claim_device(spec.device)
+        apply_process_settings(torch.device(spec.device).type, spec.threads)
         torch.set_grad_enabled(False)
 
     def probe(self) -> dict[str, Any]:
@@ -259,6 +266,15 @@ class TorchBackend:
 
     def failure(self, exc: BaseException) -> str:
         return failure_line(exc, self.spec.device)
+
+
+def claim_device(device: str) -> None:
+    """Make a CUDA `device` this process's current device, before any CUDA work: otherwise
+    the stage clock's events go on GPU 0's stream (on `cuda:N`, timings would be host enqueue
+    times) and pinned memory creates a context on GPU 0 in every worker."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
 
 
 def failure_line(exc: BaseException, device: str) -> str:
