@@ -1,31 +1,28 @@
 """How the orchestration scales with the number of devices, with stand-in devices that sleep.
 
-    python benchmarks/bench_scaling.py                  # 200,000 reads, N = 1, 2, 4, 8, 16
-    python benchmarks/bench_scaling.py --profile 8      # and where the parent's time goes
+    python benchmarks/bench_scaling.py                  # 220,000 reads, N = 1, 8, 16, 32, 64
+    python benchmarks/bench_scaling.py --profile 16     # and where the parent's time goes
     python benchmarks/bench_scaling.py --quick          # 3,000 reads, N = 1, 2 (used by tests)
 
-This is a benchmark of the orchestration, not a correctness test. It runs the real engine
-(`runtime.engine.run_units` with a real `Job`: the feeder thread reading and translating a
-FASTA file, the queues, N spawned worker processes, results consumed in unit order into the
-real `outputs.PredictWriter`, every unit saved for resume) with N stand-in devices. Each
-stand-in worker (`stand_in_worker`) speaks the `worker.worker_main` protocol and replaces
-only the model forward passes with a sleep as long as an H200 would compute: ESM-2 3B at
-88,100 tokens/s (measured with regional compile) and DNABERT-S at 495,000 tokens/s. Tokens
-are approximated, not tokenised: ESM-2 len(protein) + 2 (BOS and EOS, as the real worker
-counts them) and DNABERT-S len(nucleotide) / 5 + 2 (the BPE averages about 5 bp a token).
-Scores are real-shaped ([n, 2] float32 softmax), seeded by the unit index.
+This is a benchmark of the parent (the pump), not a correctness test. It runs the real engine
+(`runtime.engine.run_units` with a real `Job`: the feeder thread reading a FASTA file into
+record units, the pipes, N worker processes, results consumed in unit order into the real
+`writer.PredictWriter`, every unit saved for resume) with N stand-in devices
+(`stand_in.StandIn`): each sleeps as long as an H200 would compute, with ESM-2 3B at the 65%
+MFU goal (113,000 tokens/s) and DNABERT-S at 495,000 tokens/s, and returns rows of the real
+layout. The per-frame CPU work of real workers (translation, rendering) runs on their own cores
+in a deployment; the stand-ins skip it, so 64 of them fit on this machine and the figures
+measure the parent alone.
 
-The input is short reads (150-300 bp, uniform; the first frame stop-free, so every read keeps
-one frame and some keep more by chance), cut into 300 bp chunks as `-m 300` does; making
-them is not timed. Figures are over the scoring phase: from the moment every worker has
-settled (start-up, i.e. N process spawns and their imports, is reported apart) to the last
-unit handed to the writer. Efficiency at N = frames/s at N / (N x frames/s at 1, or at the
-smallest N run, per device); "devices busy" = the stand-ins' sleep over N x that time (a
-parent that kept up would reach it, less the first units' wait and the last round's tail);
-"parent ceiling" = frames/s the parent's CPU time per frame would allow on one free core (its
-threads share one GIL), the figure that does not depend on other work on the machine.
-With `--profile N`, the parent's main thread (results, saved units, writer) and its feeder
-thread (reading, chunking, translation, sending units) are profiled separately at that N.
+The input is 150 bp reads (stop-free in their first frame) cut as `-m 300` does; the
+stand-ins keep as many frames per chunk, and as many tokens per frame, as the real translation
+gives on a sample of the same reads. Figures are over the scoring phase: from the moment every
+worker has settled (start-up, i.e. N process starts, is reported apart) to the last unit
+handed to the writer. Efficiency at N = frames/s at N / (N x frames/s at 1, or at the smallest
+N run, per device); "devices busy" = the stand-ins' sleep over N x that time; "parent CPU
+us/frame" = the parent's CPU time (all its threads) over the frames, the figure that does not
+depend on other work on the machine; "parent ceiling" = the frames/s that CPU time allows on
+one free core.
 """
 
 from __future__ import annotations
@@ -50,20 +47,19 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import common as C
-import numpy as np
 import synthetic as S
+from stand_in import DNABERT_TOKENS_PER_S, ESM_TOKENS_PER_S
 
-ESM_TOKENS_PER_S = 88_100.0  # ESM-2 3B on one H200, bf16, regional compile
-DNABERT_TOKENS_PER_S = 495_000.0  # DNABERT-S on one H200, bf16
 CHUNK_SIZE = 300  # -m 300: a read of up to 300 bp is one chunk
-READ_LENGTHS = (150, 300)
+READ_LENGTHS = (150, 150)
+BENCH_DIR = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reads", type=int, default=None, help="reads [200,000; quick: 3,000]")
+    p.add_argument("--reads", type=int, default=None, help="reads [220,000; quick: 3,000]")
     p.add_argument("--workers", default=None,
-                   help="comma-separated device counts [1,2,4,8,16; quick: 1,2]")
+                   help="comma-separated device counts [1,8,16,32,64; quick: 1,2]")
     p.add_argument("--unit-frames", type=int, default=None,
                    help="frames per work unit [2048, predict's default; quick: 256]")
     p.add_argument("--profile", type=int, default=None, metavar="N",
@@ -72,71 +68,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.reads = args.reads or (3_000 if args.quick else 200_000)
-    args.workers = [int(x) for x in (args.workers or ("1,2" if args.quick else "1,2,4,8,16"))
+    args.reads = args.reads or (3_000 if args.quick else 220_000)
+    args.workers = [int(x) for x in (args.workers or ("1,2" if args.quick else "1,8,16,32,64"))
                     .split(",")]
     args.unit_frames = args.unit_frames or (256 if args.quick else 2048)
     return args
-
-
-# ------------------------------------------------------------------ the stand-in device
-def stand_in_worker(index: int, spec: Any, control: Any, tasks: Any, results: Any) -> None:
-    """`worker.worker_main`'s protocol, with every model forward pass replaced by a sleep."""
-    from virnucpro.runtime.worker import expect
-
-    try:
-        results.put(("probe", index, {"device": spec.device, "name": "stand-in H200 (sleeps)",
-                                      "compute_capability": "9.0"}))
-        expect(control, "load")
-        results.put(("loaded", index, None))
-        expect(control, "measure")
-        results.put(("proposal", index, {"dnabert_budget": 65_536, "esm_budget": 65_536}))
-        expect(control, "go")
-        while (unit := tasks.get()) is not None:
-            results.put(("result", index, stand_in_result(unit, spec.device)))
-    except Exception as exc:  # reported as a real worker reports it
-        results.put(("error", index, f"the stand-in on {spec.device} failed: {exc!r}"))
-
-
-def stand_in_result(unit: Any, device: str) -> Any:
-    """Sleep as long as the models would take on this unit; a result of the real shape."""
-    from virnucpro.runtime.worker import UnitResult
-
-    dna_tokens = sum(len(s) // 5 + 2 for s in unit.nucleotides)
-    esm_tokens = sum(len(p) + 2 for p in unit.proteins)
-    seconds = {"dnabert": dna_tokens / DNABERT_TOKENS_PER_S, "esm": esm_tokens / ESM_TOKENS_PER_S,
-               "classifier": 0.0}
-    time.sleep(seconds["dnabert"] + seconds["esm"])
-    logits = np.random.default_rng(unit.index).standard_normal((unit.n_frames, 2))
-    scores = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)  # [n, 2] softmax
-    return UnitResult(unit.index, scores.astype(np.float32), None, seconds,
-                      {"dnabert": dna_tokens, "esm": esm_tokens}, device, None)
 
 
 # ------------------------------------------------------------------ one run
 def run_once(fasta: Path, n: int, args: argparse.Namespace, work: Path,
              profile: bool = False) -> dict[str, Any]:
     """The real engine with n stand-in devices, into the real writer; times and counts."""
+    from stand_in import spec_field
+
     from virnucpro import outputs
     from virnucpro.reader import ReadStats
-    from virnucpro.runtime.engine import Job, Request, run_units
+    from virnucpro.runtime.engine import Job, run_units
+    from virnucpro.runtime.protocol import Render, Request, WorkerSpec
     from virnucpro.runtime.units import UNITS_DIR, UnitStream
-    from virnucpro.runtime.worker import WorkerSpec
+    from virnucpro.writer import PredictWriter
 
     out = work / f"out-{n}{'-profile' if profile else ''}"
     home = out / outputs.STATE_DIR
     (home / UNITS_DIR).mkdir(parents=True)
-    specs = tuple(WorkerSpec("stand-in", "stand-in", "stand-in", f"cuda:{i}", threads=1)
+    w = args.rates
+    render = Render(CHUNK_SIZE, 0.5)
+    specs = tuple(WorkerSpec(spec_field(w["frames_per_chunk"], w["esm_tokens_per_frame"],
+                                        w["dnabert_tokens_per_frame"]),
+                             "stand-in", "stand-in", f"cuda:{i}", threads=1, render=render)
                   for i in range(n))
-    job = Job(specs, Request(device="cuda"), home, worker=stand_in_worker)
+    job = Job(specs, Request(device="cuda"), home, backend="stand_in:StandIn",
+              pythonpath=str(BENCH_DIR))
     read = ReadStats()
     units = UnitStream((str(fasta),), CHUNK_SIZE, args.unit_frames).units(read)
-    writer = outputs.PredictWriter(out, home / "tmp", 0.5)
+    writer = PredictWriter(out, home / "tmp", render)
     clock = _Clock(profile)
 
-    def consume(records: Any, result: Any) -> None:
+    def consume(record: Any, result: Any) -> None:
         t0 = time.perf_counter()
-        writer.add(records, result.scores, result.embeddings)
+        writer.add(result.rendered, record)
         clock.last, clock.last_cpu = time.perf_counter(), time.thread_time()
         clock.writer += clock.last - t0
         clock.units += 1
@@ -218,7 +188,7 @@ def report(r: dict[str, Any]) -> None:
           f"-m {CHUNK_SIZE}; {w['frames']:,} frames in {w['units']} units of ~"
           f"{w['unit_frames']} frames; ESM-2 {w['esm_tokens_per_frame']:.1f} tokens/frame, "
           f"DNABERT-S {w['dnabert_tokens_per_frame']:.1f} (approximated)")
-    print(f"  stand-in device: ESM-2 3B {ESM_TOKENS_PER_S:,.0f} tokens/s + DNABERT-S "
+    print(f"  stand-in device: ESM-2 3B {ESM_TOKENS_PER_S:,.0f} tokens/s (65% MFU) + DNABERT-S "
           f"{DNABERT_TOKENS_PER_S:,.0f} tokens/s -> {w['device_frames_per_s']:.0f} frames/s "
           "per device")
     print(f"  this machine: {r['cpu']}, {r['cores']} cores; load average before "
@@ -235,7 +205,7 @@ def report(r: dict[str, Any]) -> None:
                          "parent cores", "parent CPU us/frame", "parent ceiling",
                          "start-up s"])
     print("  parent CPU us/frame: main thread (results, saved units, writer) / feeder thread "
-          "(reading, chunking, translation) / other threads (the queues: pickling into pipes);"
+          "(reading records into units) / other threads (the pipes: pickling both ways);"
           "\n  parent ceiling: frames/s the parent could sustain on one free core (one GIL) at "
           "that CPU cost;\n  parent cores: CPU the parent got per second (other work on these "
           "cores takes the rest)")
@@ -249,17 +219,22 @@ def _floats(values: Any) -> str:
 
 
 def workload(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]]:
-    """The reads as FASTA, and what the stand-ins will see in them."""
+    """The reads as FASTA, and the frames and tokens the stand-ins will give them (from the
+    real translation of a sample)."""
     from virnucpro.frames import iter_record_frames
 
     records = S.stop_free_reads(args.reads, *READ_LENGTHS, seed=args.seed)
-    frames = [f for rf in iter_record_frames(records, CHUNK_SIZE) for fs in rf.frames
-              for f in fs]
+    sample = list(iter_record_frames(records[:5000], CHUNK_SIZE))
+    frames = [f for rf in sample for fs in rf.frames for f in fs]
+    chunks = sum(len(rf.chunks) for rf in sample)
     esm = sum(len(f.protein) + 2 for f in frames) / len(frames)
     dna = sum(len(f.nucleotide) // 5 + 2 for f in frames) / len(frames)
     per_frame = esm / ESM_TOKENS_PER_S + dna / DNABERT_TOKENS_PER_S
     fasta = S.write_fasta(records, work / "reads.fa")
-    return fasta, {"reads": args.reads, "read_lengths": READ_LENGTHS, "frames": len(frames),
+    args.rates = {"frames_per_chunk": len(frames) / chunks, "esm_tokens_per_frame": esm,
+                  "dnabert_tokens_per_frame": dna}
+    return fasta, {"reads": args.reads, "read_lengths": READ_LENGTHS,
+                   "frames": round(args.reads * len(frames) / chunks),
                    "unit_frames": args.unit_frames, "esm_tokens_per_frame": esm,
                    "dnabert_tokens_per_frame": dna, "device_frames_per_s": 1 / per_frame}
 

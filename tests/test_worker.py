@@ -18,7 +18,8 @@ import virnucpro.models.esm
 from virnucpro.frames import iter_record_frames
 from virnucpro.reader import read_records
 from virnucpro.runtime.batching import iter_units
-from virnucpro.runtime.worker import Settings, WorkerSpec, load_models, prepare_models, score_unit
+from virnucpro.runtime.protocol import Settings, WorkerSpec
+from virnucpro.runtime.worker import load_models, prepare_models, score_unit
 
 
 def one_unit(path: Path):
@@ -223,8 +224,6 @@ def test_padded_tokens_are_counted_beside_the_real_ones(tiny_models, unit):
 
 
 def test_a_cuda_worker_makes_its_device_current_before_any_cuda_work(monkeypatch):
-    import queue
-
     import virnucpro.runtime.devices as devices
     import virnucpro.runtime.worker as worker
 
@@ -240,11 +239,9 @@ def test_a_cuda_worker_makes_its_device_current_before_any_cuda_work(monkeypatch
     monkeypatch.setattr(devices, "describe_device", probe)
     monkeypatch.setattr("virnucpro.runtime.cpu.apply_process_settings",
                         lambda *a: calls.append(("settings",)))
-    monkeypatch.setattr("signal.signal", lambda *a: None)
-    monkeypatch.setattr(worker, "_exit_with_parent", lambda: None)
     spec = WorkerSpec("d", "e", None, device="cuda:3", threads=1)
-    results: queue.Queue = queue.Queue()
-    worker.worker_main(0, spec, queue.Queue(), queue.Queue(), results)
+    backend = worker.TorchBackend(spec)  # what the worker process builds first
+    with pytest.raises(RuntimeError, match="stop here"):
+        backend.probe()
     assert calls == [("set", torch.device("cuda:3")), ("settings",),
                      ("probe", torch.device("cuda:3"))]
-    assert results.get_nowait()[0] == "error"

@@ -158,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         click.echo(f"virnucpro: error: {where}{exc.strerror or exc}", err=True)
         return 1
+    except Terminated:
+        click.echo("virnucpro: stopped by SIGTERM (a time limit?); nothing saved is lost: run "
+                   "the same command again to resume", err=True)
+        return 143
     except KeyboardInterrupt:
         click.echo("virnucpro: interrupted", err=True)
         return 130
@@ -167,6 +171,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return rv if isinstance(rv, int) else 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as batch schedulers send it at a job's time limit: it unwinds the run like
+    Ctrl-C (workers stopped, saved units kept), and `main` says how to resume."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (`virnucpro`, `python -m virnucpro`): this process is ours,
+    so it turns SIGTERM into a clean stop; `main` called from a program leaves the caller's
+    signal handling alone."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())

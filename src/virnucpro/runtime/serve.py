@@ -93,8 +93,11 @@ def serve(make_backend: Callable[[WorkerSpec], Backend], fds: list[str]) -> None
         expect(inbox.get(), "measure")
         channel.send("proposal", backend.propose())
         backend.go(expect(inbox.get(), "go"))
+        process = getattr(backend, "process", None)  # a stand-in may do it all itself
         while (message := inbox.get())[0] == "unit":
-            channel.send("result", process_unit(backend, spec, message[1]))
+            unit = message[1]
+            channel.send("result", process(unit) if process else
+                         process_unit(backend, spec, unit))
             backend.after_unit()
     except BrokenPipeError:  # the parent has gone
         os._exit(1)

@@ -1,0 +1,96 @@
+"""A stand-in device for the orchestration benchmark: a worker backend that sleeps as long as a
+GPU would compute, and renders rows of the real size and shape, so that the parent (the pump
+being measured) sees what it would see from real workers.
+
+It speaks the real worker protocol (`virnucpro.runtime.serve.serve`), is started by the real
+engine as `python -m virnucpro.runtime.serve stand_in:StandIn`, and imports no torch. The
+per-frame CPU work that real workers do (translation, rendering) runs on the workers' own
+cores in a real deployment; here it is approximated by a few string operations per record,
+so that 64 stand-ins fit on a 2-core machine and the figures measure the parent alone.
+
+Its rates arrive in the spec's `dnabert_dir` field (a benchmark has no model directories):
+"stand-in:FRAMES_PER_CHUNK:ESM_TOKENS_PER_FRAME:DNABERT_TOKENS_PER_FRAME:ESM_RATE:DNA_RATE".
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from virnucpro.render import Rendered
+from virnucpro.runtime.protocol import RecordUnit, UnitResult, WorkerSpec
+
+# ESM-2 3B at the 65% MFU goal on one H200: 0.65 x 989 TFLOP/s (bf16 dense) over
+# 2 x 2.84 GFLOP per token (two FLOPs per parameter) = 113,000 tokens/s.
+ESM_TOKENS_PER_S = 113_000.0
+DNABERT_TOKENS_PER_S = 495_000.0  # DNABERT-S on one H200, bf16 (measured, 2026-11-29)
+
+
+def spec_field(frames_per_chunk: float, esm_per_frame: float, dna_per_frame: float,
+               esm_rate: float = ESM_TOKENS_PER_S, dna_rate: float = DNABERT_TOKENS_PER_S) -> str:
+    """What a benchmark puts in `WorkerSpec.dnabert_dir` for the stand-ins."""
+    return f"stand-in:{frames_per_chunk}:{esm_per_frame}:{dna_per_frame}:{esm_rate}:{dna_rate}"
+
+
+class StandIn:
+    """The backend: every method of `serve.Backend`, and `process`, which replaces the
+    translation, the models and the rendering."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        _, *rates = spec.dnabert_dir.split(":")
+        self.frames_per_chunk, self.esm, self.dna, self.esm_rate, self.dna_rate = map(
+            float, rates)
+        self.carry = 0.0  # fractional frames carried from one record to the next
+
+    def probe(self) -> dict[str, Any]:
+        return {"device": self.spec.device, "name": "stand-in H200 (sleeps)",
+                "compute_capability": "9.0"}
+
+    def load(self, settings: Any) -> dict[str, Any]:
+        return {}
+
+    def propose(self) -> dict[str, int]:
+        return {"dnabert_budget": 65_536, "esm_budget": 65_536}
+
+    def go(self, settings: Any) -> None:
+        pass
+
+    def score(self, unit: Any) -> UnitResult:
+        raise NotImplementedError("the stand-in only takes predict units")
+
+    def after_unit(self) -> None:
+        pass
+
+    def failure(self, exc: BaseException) -> str:
+        return f"the stand-in on {self.spec.device} failed: {exc!r}"
+
+    def process(self, unit: RecordUnit) -> UnitResult:
+        """Rows of the real layout (one chunk per read here), after the device's time."""
+        t0 = time.perf_counter()
+        out = Rendered()
+        predictions, chunks, sequences = [], [], []
+        n_frames = 0
+        for p in unit.pieces:
+            self.carry += self.frames_per_chunk * (p.stop - p.first)
+            k, self.carry = int(self.carry), self.carry - int(self.carry)
+            cid = f"{p.id}_chunk_1"
+            predictions.extend(f"{cid}F{i + 1}\tothers\t0.73105854\t0.26894143\n"
+                               for i in range(k))
+            chunks.append(f"{cid}\t{p.id}\t0\t{p.length}\t{k}\t0.26894143\tnot_virus\n")
+            sequences.append(f"{p.id}\t{p.length}\t1\t1\t{k}\t0.26894143\tnot_virus\t\n")
+            out.highest.append(f"{cid}\tFalse\n")
+            n_frames += k
+        out.texts.update(predictions="".join(predictions), chunks="".join(chunks),
+                         sequences="".join(sequences))
+        out.counts.update(sequences=len(unit.pieces), frames=n_frames)
+        seconds = {"dnabert": n_frames * self.dna / self.dna_rate,
+                   "esm": n_frames * self.esm / self.esm_rate}
+        time.sleep(max(0.0, sum(seconds.values()) - (time.perf_counter() - t0)))
+        scores = np.full((n_frames, 2), 0.5, np.float32)
+        return UnitResult(unit.index, scores, None, seconds,
+                          {"dnabert": round(n_frames * self.dna),
+                           "esm": round(n_frames * self.esm)},
+                          self.spec.device, None, out)
