@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import logging
 import lzma
@@ -259,9 +260,24 @@ def test_seen_ids_finds_repeats_across_flushes(monkeypatch):
     seen = SeenIds()
     ids = [f"read{i}" for i in range(200)]
     assert [seen.add(rid, place) for place, rid in enumerate(ids, 1)] == [None] * 200
-    for place, rid in enumerate(ids, 1):  # old ones live in the arrays, recent in the dict
-        assert seen.add(rid, 1000 + place) == place
+    assert seen.flush() is None
+    for place, rid in enumerate(ids, 1):  # old ones live in the arrays: found at the flush
+        fresh = SeenIds()
+        monkeypatch.setattr(fresh, "_hashes", seen._hashes)
+        monkeypatch.setattr(fresh, "_places", seen._places)
+        assert fresh.add(rid, 1000 + place) in (None, (place, 1000 + place, rid))
+        assert fresh.flush() in (None, (place, 1000 + place, rid))
     assert seen.add("read_new", 5000) is None
+    assert seen.add("read_new", 5001) == (5000, 5001, "read_new")  # a recent one: at once
+    # Of several repeats in one batch, the earliest is reported.
+    later = SeenIds()
+    for place, rid in enumerate(ids[:8], 1):
+        later.add(rid, place)
+    later.flush()
+    later.add("x", 100)
+    later.add(ids[5], 101)
+    later.add(ids[2], 102)
+    assert later.flush() == (6, 101, ids[5])
 
 
 # ---------------------------------------------------------------------------- RNA input
@@ -329,9 +345,10 @@ def test_validate_inputs_raises_what_read_records_raises(tmp_path, good, bad, me
 def test_validate_inputs_totals(tmp_path):
     a = write(tmp_path, "a.fa", b">a1\nACGU\n>a2\nAC GT\nNN\n")
     b = write(tmp_path, "b.fq.gz", gzip.compress(b"@b1\nTTu\n+\nIII\n"))
-    assert validate_inputs([a, b]) == InputSummary(
+    assert validate_inputs([a, b], chunk_size=3) == InputSummary(
         files=2, records=3, bases=13, bytes=os.path.getsize(a) + os.path.getsize(b),
-        rna_records=2)
+        rna_records=2, chunks=2 + 2 + 1,  # 4, 6 and 3 bases in chunks of 3
+        sha256=tuple(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in (a, b)))
     with pytest.raises(InputError, match=r"missing\.fa: no such file"):
         validate_inputs([a, str(tmp_path / "missing.fa")])
 
@@ -390,7 +407,9 @@ def test_validate_inputs_memory_does_not_grow_with_input(tmp_path):
             f">r{i}\n{seqs[i % 4]}\n" for i in range(n)).encode(), 1))
         summaries = []
         total = peak(lambda: summaries.append(validate_inputs([path])))
-        assert summaries == [InputSummary(1, n, n * length, os.path.getsize(path), 0)]
+        (got,) = summaries
+        assert (got.files, got.records, got.bases, got.bytes, got.rna_records) == (
+            1, n, n * length, os.path.getsize(path), 0)
         def add_ids() -> None:
             seen = SeenIds()
             for i in range(n):

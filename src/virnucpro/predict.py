@@ -281,7 +281,10 @@ def _run_engine(cfg: PredictConfig, plan: RunPlan, resume: Resume, total: int | 
     job = Job(_specs(cfg, plan, resume.plan), rt.request(), units_home(cfg), resume.done,
               resume.plan, need_features=cfg.save_embeddings, progress=rt.progress,
               total=total)
-    units = UnitStream(cfg.inputs, plan.chunk_size, rt.unit_frames, cfg.shard).units(read)
+    # The input check read every regular input and checked its ids: not kept again here.
+    checked = "-" not in cfg.inputs and all(i["sha256"] for i in plan.inputs)
+    units = UnitStream(cfg.inputs, plan.chunk_size, rt.unit_frames, cfg.shard,
+                       ids_checked=checked).units(read)
     if rt.engine == "ray":
         from virnucpro.runtime.ray_engine import run_units_ray
 

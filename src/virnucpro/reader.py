@@ -147,11 +147,14 @@ def check_inputs(paths: Sequence[str]) -> None:
             raise InputError(f"{path}: permission denied")
 
 
-def read_records(paths: Sequence[str], stats: ReadStats | None = None) -> Iterator[Record]:
+def read_records(paths: Sequence[str], stats: ReadStats | None = None,
+                 ids_checked: bool = False) -> Iterator[Record]:
     """Yield the records of all `paths` in input order; ids must be unique across all.
 
     Pass a `ReadStats` to follow the bytes read and count the RNA records: it is set up when
-    iteration starts, so `bytes_total` is known before the first record arrives."""
+    iteration starts, so `bytes_total` is known before the first record arrives.
+    `ids_checked`: the ids were checked by `validate_inputs` over these very bytes (every
+    input a regular file), so the record-id set is not kept again."""
     check_inputs(paths)
     regular = _regular_sizes(paths)
     sizes = [size or 0 for size in regular]
@@ -159,7 +162,7 @@ def read_records(paths: Sequence[str], stats: ReadStats | None = None) -> Iterat
     stats = ReadStats() if stats is None else stats
     stats.rna_records, stats.bytes_done = 0, 0
     stats.bytes_total = None if None in regular else starts[-1]
-    for file_no, read in _checked(paths):
+    for file_no, read in _checked(paths, check_ids=not ids_checked):
         if read.rna:
             _count_rna(stats, paths[file_no], read)
         if read.offset is not None:  # a file may grow while we read it: stay monotonic
@@ -197,27 +200,36 @@ def validate_inputs(paths: Sequence[str], chunk_size: int | None = None) -> Inpu
 
 
 def _checked(paths: Sequence[str], skip: Container[int] = (),
-             digests: dict[int, Any] | None = None) -> Iterator[tuple[int, _Read]]:
+             digests: dict[int, Any] | None = None,
+             check_ids: bool = True) -> Iterator[tuple[int, _Read]]:
     """The checked records of `paths`, except the files numbered in `skip`, with the index of
-    their file; ids must be unique across all files. `digests`: hashes that each file's raw
-    bytes are fed into, by file index."""
-    seen = SeenIds()
+    their file; ids must be unique across all files (unless `check_ids` is False: the caller
+    checked them in an earlier read of the same bytes). `digests`: hashes that each file's
+    raw bytes are fed into, by file index."""
+    seen = SeenIds() if check_ids else None
     for file_no, path in enumerate(paths):
         if file_no in skip:
             continue
         number = 0
         for read in _read_file(path, (digests or {}).get(file_no)):
             number = read.number
-            first = seen.add(read.record.id, file_no << 40 | number)  # (file, record) in an int
-            if first is not None:
-                raise InputError(
-                    f"{_display(path)}: record {number}: duplicate record id {read.record.id!r} "
-                    f"(first seen in {_display(paths[first >> 40])}, "
-                    f"record {first & ((1 << 40) - 1)})"
-                )
+            if seen is not None:  # (file, record) in an int
+                repeat = seen.add(read.record.id, file_no << 40 | number)
+                if repeat is not None:
+                    raise _duplicate(paths, *repeat)
             yield file_no, read
         if number == 0:
             raise InputError(f"{_display(path)}: no sequence records found")
+    repeat = seen.flush() if seen is not None else None
+    if repeat is not None:
+        raise _duplicate(paths, *repeat)
+
+
+def _duplicate(paths: Sequence[str], first: int, repeat: int, rid: str) -> InputError:
+    mask = (1 << 40) - 1
+    return InputError(f"{_display(paths[repeat >> 40])}: record {repeat & mask}: duplicate "
+                      f"record id {rid!r} (first seen in {_display(paths[first >> 40])}, "
+                      f"record {first & mask})")
 
 
 def _regular_sizes(paths: Sequence[str]) -> list[int | None]:
@@ -244,36 +256,54 @@ class SeenIds:
     """The record ids seen so far, in 16 bytes each: a 64-bit hash and where it was first seen.
 
     This is the one thing the reader keeps per record. Millions of Python strings would cost
-    ~100+ bytes each and pin the interpreter's memory arenas; sorted numpy arrays, refreshed
-    from a small dict of recent ids, do not. Two different ids with the same 64-bit hash
-    would be reported as a duplicate: about a one-in-10^6 chance over 10^7 records.
+    ~100+ bytes each and pin the interpreter's memory arenas; sorted numpy arrays, joined by a
+    batch of recent ids at a time, do not. A repeat inside the batch is found at once; one of
+    an older id when the batch joins the arrays (one vectorised search per batch, not one per
+    record), so it may be reported up to a batch later, naming both records all the same.
+    Two different ids with the same 64-bit hash would be reported as a duplicate: about a
+    one-in-10^6 chance over 10^7 records.
     """
 
     _RECENT = 1 << 16  # recent ids kept in a dict before they join the sorted arrays
+    _MOST = 1 << 18  # ... and at most this many, however many are in the arrays
 
     def __init__(self) -> None:
         self._hashes = np.empty(0, np.uint64)
         self._places = np.empty(0, np.int64)
-        self._recent: dict[int, int] = {}
+        self._recent: dict[int, tuple[int, str]] = {}
 
-    def add(self, rid: str, place: int) -> int | None:
-        """Record `rid` at `place`; return the place it was first seen if it is a repeat."""
+    def add(self, rid: str, place: int) -> tuple[int, int, str] | None:
+        """Record `rid` at `place`; a repeat found now, of this id or of a recent one, as
+        (where it was first seen, where it was repeated, the id)."""
         key = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "little")
-        if key in self._recent:
-            return self._recent[key]
-        i = int(np.searchsorted(self._hashes, np.uint64(key)))  # a plain int is 20x slower
-        if i < len(self._hashes) and int(self._hashes[i]) == key:
-            return int(self._places[i])
-        self._recent[key] = place
-        if len(self._recent) >= max(self._RECENT, len(self._hashes) >> 3):
-            self._flush()
+        first = self._recent.get(key)
+        if first is not None:
+            return first[0], place, rid
+        self._recent[key] = (place, rid)
+        if len(self._recent) >= min(self._MOST, max(self._RECENT, len(self._hashes) >> 3)):
+            return self.flush()
         return None
 
-    def _flush(self) -> None:
-        hashes = np.concatenate([self._hashes, np.fromiter(self._recent, np.uint64)])
-        places = np.concatenate([self._places, np.fromiter(self._recent.values(), np.int64)])
+    def flush(self) -> tuple[int, int, str] | None:
+        """Move the recent ids into the sorted arrays; the first of them that an older id
+        repeats, as `add` reports it."""
+        if not self._recent:
+            return None
+        keys = np.fromiter(self._recent, np.uint64, len(self._recent))
+        recent = list(self._recent.values())
+        places = np.fromiter((p for p, _ in recent), np.int64, len(recent))
+        if len(self._hashes):
+            at = np.minimum(np.searchsorted(self._hashes, keys), len(self._hashes) - 1)
+            hits = np.flatnonzero(self._hashes[at] == keys)
+            if hits.size:
+                j = int(hits[np.argmin(places[hits])])
+                return int(self._places[at[j]]), int(places[j]), recent[j][1]
+        hashes = np.concatenate([self._hashes, keys])
         order = np.argsort(hashes, kind="stable")
-        self._hashes, self._places, self._recent = hashes[order], places[order], {}
+        self._hashes = hashes[order]
+        self._places = np.concatenate([self._places, places])[order]
+        self._recent = {}
+        return None
 
 
 def _read_file(source: str, digest: Any = None) -> Iterator[_Read]:
@@ -290,7 +320,9 @@ def _read_file(source: str, digest: Any = None) -> Iterator[_Read]:
         fasta = _is_fasta(path, stream)
         for number, (record, rna) in enumerate(_parse(stream, fasta, path, source), 1):
             # The position in the raw file under the decompressor: compressed bytes consumed.
-            yield _Read(number, record, rna, raw.tell() if regular else None)
+            # tell() is a system call: asked on a file's first record and every 256th.
+            at = raw.tell() if regular and (number == 1 or not number & 255) else None
+            yield _Read(number, record, rna, at)
         if hashing is not None:
             hashing.drain()  # bytes a decompressor left unread count too
     except _DECOMPRESS_ERRORS as exc:

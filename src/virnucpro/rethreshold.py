@@ -73,7 +73,9 @@ def rethreshold(inputs: tuple[str, ...], out_dir: Path, finished: dict[str, Any]
     writer = PredictWriter(out_dir, out_dir / outputs.STATE_DIR / "tmp", render,
                            partial_ok=shard is not None)
     read = ReadStats()
-    stream = UnitStream(inputs, params["chunk_size"], params["unit_frames"], shard)
+    # The inputs are the finished run's (checked by sha256): their ids were checked then.
+    stream = UnitStream(inputs, params["chunk_size"], params["unit_frames"], shard,
+                        ids_checked=True)
     try:
         for unit, record in stream.units(read):
             records = piece_frames(unit.pieces, render.chunk_size)

@@ -285,7 +285,8 @@ def _write_merged(shards: Sequence[Shard], inputs: tuple[str, ...], out_dir: Pat
                     RegionParams(params["min_region_length"], params["region_switch_prob"]),
                     features)
     writer = PredictWriter(out_dir, state / "merge", render)
-    stream = UnitStream(inputs, params["chunk_size"], params["unit_frames"])
+    # The inputs are the run's (checked by sha256): their ids were checked then.
+    stream = UnitStream(inputs, params["chunk_size"], params["unit_frames"], ids_checked=True)
     read = ReadStats()
     try:
         for shard, unit, record in _owned_units(shards, stream.units(read)):

@@ -136,4 +136,10 @@ def worker_specs(rt: RuntimeConfig, paths: dict[str, str], *,
         dnabert_dir=paths["dnabert"], esm_dir=paths["esm"],
         classifier_path=paths.get("classifier"), device=d, threads=threads,
         save_embeddings=save_embeddings, share=placed.count(d), render=render,
-        log_level=logging.getLogger().getEffectiveLevel()) for d in placed)
+        log_level=_worker_log_level()) for d in placed)
+
+
+def _worker_log_level() -> int:
+    """Workers say warnings and errors (the parent logs the plan), and everything with -v."""
+    level = logging.getLogger().getEffectiveLevel()
+    return level if level <= logging.DEBUG else max(level, logging.WARNING)

@@ -46,6 +46,7 @@ class UnitStream:
     chunk_size: int
     unit_frames: int
     shard: tuple[int, int] | None = None
+    ids_checked: bool = False  # every input is a regular file whose ids were checked
 
     def __iter__(self) -> Iterator[tuple[RecordUnit, Record | None]]:
         return self.units()
@@ -53,7 +54,7 @@ class UnitStream:
     def units(self, stats: ReadStats | None = None,
               ) -> Iterator[tuple[RecordUnit, Record | None]]:
         """The units; `stats` follows the reader (bytes read, RNA records)."""
-        records = read_records(list(self.inputs), stats)
+        records = read_records(list(self.inputs), stats, self.ids_checked)
         units = record_units(records, self.chunk_size, self.unit_frames)
         return units if self.shard is None else select_shard(units, self.shard)
 
@@ -136,7 +137,8 @@ def save_unit(home: Path, unit: Any, result: UnitResult) -> None:
     scores), so that a resumed run, or merge, reuses it."""
     arrays: dict[str, np.ndarray] = {"scores": result.scores, "key": np.array(_key(unit))}
     if result.rendered is not None:
-        arrays["rendered"] = np.array(result.rendered.to_json())
+        # UTF-8 bytes: a numpy str array would hold four bytes a character.
+        arrays["rendered"] = np.frombuffer(result.rendered.to_json().encode(), np.uint8)
     if result.embeddings is not None:
         arrays["features"] = result.embeddings
         ids = unit.frame_ids if result.rendered is None else result.rendered.frame_ids
@@ -198,5 +200,6 @@ def load_unit(home: Path, unit: Any, *, need_features: bool = False) -> UnitResu
         features = z["features"] if "features" in z.files else None
         if need_features and features is None and len(z["scores"]):
             raise OutputError(f"{path}: saved without features; rerun with --force")
-        rendered = Rendered.from_json(str(z["rendered"])) if "rendered" in z.files else None
+        rendered = (Rendered.from_json(z["rendered"].tobytes().decode())
+                    if "rendered" in z.files else None)
         return UnitResult(unit.index, z["scores"], features, rendered=rendered)
