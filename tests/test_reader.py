@@ -357,7 +357,8 @@ def test_validate_inputs_skips_stdin(tmp_path, monkeypatch):
     a = write(tmp_path, "a.fa", b">a1\nAC\n")
     stdin = io.BytesIO(b">a1\nGG\n")  # a duplicate that only the main read can see
     monkeypatch.setattr(sys, "stdin", stdin)
-    assert validate_inputs([a, "-"]) == InputSummary(1, 1, 2, os.path.getsize(a), 0)
+    assert validate_inputs([a, "-"]) == InputSummary(1, 1, 2, os.path.getsize(a), 0, sha256=(
+        hashlib.sha256(Path(a).read_bytes()).hexdigest(), None))  # stdin: not hashed
     assert stdin.tell() == 0
     with pytest.raises(InputError, match="stdin: record 1: duplicate record id 'a1'"):
         read([a, "-"])
