@@ -375,7 +375,8 @@ def test_pipes_are_read_once_and_have_no_size(tmp_path):
     if opened:  # it waits for a writer: give it an empty one so that it ends
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     assert not opened, "validate_inputs opened a pipe, which the main read then finds empty"
-    assert validate_inputs([a, fifo]) == InputSummary(1, 1, 2, os.path.getsize(a), 0)
+    assert validate_inputs([a, fifo]) == InputSummary(1, 1, 2, os.path.getsize(a), 0, sha256=(
+        hashlib.sha256(Path(a).read_bytes()).hexdigest(), None))  # a pipe: not hashed
 
     def feed() -> None:
         with open(fifo, "wb") as fh:
