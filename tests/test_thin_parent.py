@@ -292,3 +292,49 @@ def test_device_mistakes_fail_in_one_line_without_torch(tiny_models, tmp_path):
     assert run.stdout.split() == ["1", "False"], run.stderr
     assert "GPU" in run.stderr or "CUDA" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+# ------------------------------------------------------------------ start-up
+def test_a_local_checkpoint_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    import virnucpro.models.manifest as manifest
+
+    weights = tmp_path / "model" / "pytorch_model.bin"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights" * 1000)
+    hashed: list[Path] = []
+    real = manifest.hash_file
+    monkeypatch.setattr(manifest, "hash_file", lambda p, progress=False: (
+        hashed.append(p), real(p, progress))[1])
+    cache = tmp_path / "models"
+    want = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert manifest.cached_hash(weights, cache) == want
+    assert manifest.cached_hash(weights, cache) == want
+    assert len(hashed) == 1, "an unchanged checkpoint is not hashed again"
+    assert manifest.cached_hash(weights, cache, rehash=True) == want and len(hashed) == 2
+    weights.write_bytes(b"other" * 1000)  # new content, size and mtime
+    assert manifest.cached_hash(weights, cache) == hashlib.sha256(b"other" * 1000).hexdigest()
+    assert len(hashed) == 3
+    (cache / manifest.HASH_CACHE).write_text("{not json")  # a damaged cache is rebuilt
+    assert manifest.cached_hash(weights, cache) == hashlib.sha256(b"other" * 1000).hexdigest()
+
+
+def test_each_input_is_read_twice_at_most(tiny_models, tmp_path, monkeypatch):
+    """The input check hashes the bytes it reads; the run reads them once more."""
+    import virnucpro.reader
+    import virnucpro.runtime.plan
+
+    inp = orf_rich_fasta(tmp_path / "in.fa", 8)
+    opened: list[str] = []
+    real_open = virnucpro.reader._open_raw
+    monkeypatch.setattr(virnucpro.reader, "_open_raw",
+                        lambda path: (opened.append(path), real_open(path))[1])
+    monkeypatch.setattr(virnucpro.runtime.plan, "sha256_file", lambda *a, **k: pytest.fail(
+        "an input was hashed in a read of its own"))
+    out = tmp_path / "out"
+    assert main(predict_args(tiny_models, [inp], out, "--device", "cpu")) == 0
+    assert opened == [str(inp), str(inp)]
+    run = json.loads((out / "run.json").read_text())
+    assert run["inputs"][0]["sha256"] == __import__("hashlib").sha256(
+        Path(inp).read_bytes()).hexdigest()

@@ -137,6 +137,10 @@ HISTOGRAM_BINS = 20  # sequence-score bins of width 0.05 over [0, 1] (MultiQC's 
 
 
 # ------------------------------------------------------------------ train, evaluate and plot
+# A classifier directory (`virnucpro train`, `models convert-classifier`): its weights and
+# what it was trained on (named here, so that a run can read the chunk size without torch).
+CLASSIFIER_WEIGHTS = "model.safetensors"
+CLASSIFIER_INFO = "classifier.json"
 # `virnucpro train` writes into MODEL_DIR: the classifier (classifier.WEIGHTS_FILE and
 # classifier.INFO_FILE), the per-epoch history, and by default the embedding cache.
 TRAIN_FILES = {"history": "history.tsv"}

@@ -82,10 +82,9 @@ class RunPlan:
 # ------------------------------------------------------------------ planning
 def _trained_chunk_size(path: Path) -> int | None:
     """The chunk size a classifier made by `virnucpro train` records (None for others)."""
-    from virnucpro.models.classifier import INFO_FILE
-
-    info = files.read_json(Path(path) / INFO_FILE, missing_ok=True) if Path(path).is_dir() \
-        else None
+    path = Path(path)
+    info = files.read_json(path / outputs.CLASSIFIER_INFO, missing_ok=True) \
+        if path.is_dir() else None
     try:
         return int(info["chunk_size"]) if info else None
     except (KeyError, TypeError, ValueError):

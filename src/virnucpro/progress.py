@@ -50,6 +50,7 @@ class Progress:
 
         self._clock = time.monotonic
         self.total, self.unit = total, unit
+        self.done = 0
         self.bar: Any = None
         self.t0 = self.logged = self._clock()
         if enabled:
@@ -65,7 +66,6 @@ class Progress:
                                     refresh_per_second=2)
             self.task = self.bar.add_task("", total=total)
             self.bar.start()
-        self.done = 0
 
     def eta(self) -> float | None:
         """Seconds left at the rate so far; None without a total or before any work."""

@@ -22,10 +22,10 @@ from torch import nn
 from virnucpro.errors import ModelError
 from virnucpro.files import sha256_file
 from virnucpro.models.safeload import PickledObject, load_pickle, record_type
+from virnucpro.outputs import CLASSIFIER_INFO as INFO_FILE
+from virnucpro.outputs import CLASSIFIER_WEIGHTS as WEIGHTS_FILE
 
 CLASS_NAMES = ("others", "virus")  # index 0 = score1, index 1 = score2 in the original output
-WEIGHTS_FILE = "model.safetensors"
-INFO_FILE = "classifier.json"
 FORMAT = "virnucpro-classifier"
 FORMAT_VERSION = 1
 

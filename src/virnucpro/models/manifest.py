@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from virnucpro.errors import ModelError
-from virnucpro.files import read_json, sha256_file
+from virnucpro.errors import ModelError, VirnucproError
+from virnucpro.files import read_json, sha256_file, write_json
 from virnucpro.progress import byte_bar
 
 MANIFEST_NAME = "manifest.json"
@@ -29,6 +29,34 @@ def hash_file(path: Path, progress: bool = False) -> str:
     """sha256 of a file, with a progress bar on stderr for big files when asked."""
     with byte_bar(f"sha256 {path.name}", path.stat().st_size, progress) as advance:
         return sha256_file(path, advance)
+
+
+HASH_CACHE = "sha256-cache.json"  # in the models dir: hashes of local files the manifest lacks
+
+
+def cached_hash(path: Path, cache_dir: Path, progress: bool = False,
+                rehash: bool = False) -> str:
+    """sha256 of a local model file the manifest does not know (a directory given with
+    --dnabert/--esm), remembered by (path, size, mtime, inode): a 6 GB checkpoint is hashed
+    once, not on every run, and again as soon as any of the four changes. `rehash`: always
+    hash (`models info --verify`)."""
+    info = path.stat()
+    key, stamp = str(path.resolve()), [info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev]
+    store = Path(cache_dir) / HASH_CACHE
+    try:
+        cache = read_json(store, missing_ok=True) or {}
+    except VirnucproError:  # unreadable: start it again
+        cache = {}
+    hit = cache.get(key) if isinstance(cache, dict) else None
+    if not rehash and isinstance(hit, dict) and hit.get("stamp") == stamp:
+        return str(hit["sha256"])
+    sha = hash_file(path, progress)
+    cache = cache if isinstance(cache, dict) else {}
+    cache[key] = {"stamp": stamp, "sha256": sha}
+    with contextlib.suppress(VirnucproError, OSError):  # a read-only models dir: no cache
+        store.parent.mkdir(parents=True, exist_ok=True)
+        write_json(store, cache)
+    return sha
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

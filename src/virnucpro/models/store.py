@@ -40,6 +40,7 @@ from virnucpro.models.download import (
     online_snapshot,
 )
 from virnucpro.models.manifest import (
+    cached_hash,
     check_model_dir,
     entry_hashes,
     find_entry,
@@ -134,7 +135,7 @@ def resolve_model(spec: str, kind: ModelKind, *, offline: bool, cache_dir: Path 
     if known is not None:
         sha = {name: known[name] for name in weights if name in known}
     elif verify or rehash:
-        sha = {name: hash_file(path / name, progress) for name in weights}
+        sha = {name: cached_hash(path / name, models_dir, progress, rehash) for name in weights}
     else:
         sha = {}
     return ResolvedModel(kind, spec, path, repo_id, revision, sha)

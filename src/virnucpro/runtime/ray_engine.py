@@ -74,13 +74,19 @@ class Scorer:
     def probe(self) -> dict[str, Any]:
         import ray
 
-        return {**self.backend.probe(), "node": ray.get_runtime_context().get_node_id()}
+        from virnucpro.runtime.serve import plain
+
+        return plain({**self.backend.probe(), "node": ray.get_runtime_context().get_node_id()})
 
     def load(self, settings: Settings) -> dict[str, Any]:
-        return self.backend.load(settings)
+        from virnucpro.runtime.serve import plain
+
+        return plain(self.backend.load(settings))
 
     def propose(self) -> dict[str, int]:
-        return self.backend.propose()
+        from virnucpro.runtime.serve import plain
+
+        return plain(self.backend.propose())
 
     def go(self, settings: Settings) -> None:
         self.backend.go(settings)

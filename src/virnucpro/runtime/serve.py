@@ -9,6 +9,7 @@ would compute. No torch here, so a stand-in worker starts in a blink.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -88,10 +89,10 @@ def serve(make_backend: Callable[[WorkerSpec], Backend], fds: list[str]) -> None
     backend: Backend | None = None
     try:
         backend = make_backend(spec)
-        channel.send("probe", backend.probe())
-        channel.send("loaded", backend.load(expect(inbox.get(), "load")))
+        channel.send("probe", plain(backend.probe()))
+        channel.send("loaded", plain(backend.load(expect(inbox.get(), "load"))))
         expect(inbox.get(), "measure")
-        channel.send("proposal", backend.propose())
+        channel.send("proposal", plain(backend.propose()))
         backend.go(expect(inbox.get(), "go"))
         process = getattr(backend, "process", None)  # a stand-in may do it all itself
         while (message := inbox.get())[0] == "unit":
@@ -106,6 +107,12 @@ def serve(make_backend: Callable[[WorkerSpec], Backend], fds: list[str]) -> None
             f"the worker on {spec.device} failed: {type(exc).__name__}: {exc}"
         channel.send("error", line)
     channel.close()
+
+
+def plain(data: Any) -> Any:
+    """`data` as JSON types: what a worker reports is recorded in run.json, and unpickling,
+    say, torch's version string would import torch into the parent."""
+    return json.loads(json.dumps(data, default=str))
 
 
 def _receive(channel: Channel, inbox: queue.Queue[tuple[str, Any]]) -> None:
