@@ -143,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rv = cli.main(args=args, prog_name="virnucpro", standalone_mode=False,
                      obj={"argv": args})
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click's form of Ctrl-C, and of our SIGTERM
+        if isinstance(exc.__cause__ or exc.__context__, Terminated):
+            return _terminated()
         click.echo("virnucpro: interrupted", err=True)
         return 130
     except click.ClickException as exc:
@@ -159,9 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo(f"virnucpro: error: {where}{exc.strerror or exc}", err=True)
         return 1
     except Terminated:
-        click.echo("virnucpro: stopped by SIGTERM (a time limit?); nothing saved is lost: run "
-                   "the same command again to resume", err=True)
-        return 143
+        return _terminated()
     except KeyboardInterrupt:
         click.echo("virnucpro: interrupted", err=True)
         return 130
@@ -178,6 +178,12 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum: int, frame: object) -> None:
     raise Terminated
+
+
+def _terminated() -> int:
+    click.echo("virnucpro: stopped by SIGTERM (a time limit?); nothing saved is lost: run the "
+               "same command again to resume", err=True)
+    return 143
 
 
 def run() -> None:
