@@ -13,9 +13,11 @@ PY     := $(VENV)/bin/python
 #   make demo TORCH_INDEX=                     PyPI's build: CUDA on Linux x86_64, CPU on macOS
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cuXYZ    one CUDA version (pytorch.org
 #                                              lists those of each release)
-# Where that index cannot be reached, pip retries it a few times, warns, and falls back to the
-# indexes it is configured with (plain PyPI: the CUDA build). `.venv/bin/python -c "import
-# torch; print(torch.__version__)"` says which one you have: `+cpu` is the CPU build.
+# Only torch itself comes from that index (--no-deps; its dependencies come from PyPI with
+# the tool's). Where the index cannot be reached, pip retries it for about 10 s, warns, and
+# takes torch from the indexes it is configured with (plain PyPI: the CUDA build).
+# `.venv/bin/python -c "import torch; print(torch.__version__)"` says which build you have:
+# `+cpu` is the CPU build.
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
@@ -23,7 +25,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PY) -m pip install --no-deps "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install -e .
 	touch $@
 
