@@ -46,6 +46,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 
-# pytest exits 5 when it collects no test: that is not a failure of the build.
+# Two test processes (pytest-xdist), each test module in one of them, so a module's shared
+# fixtures are built once. pytest exits 5 when it collects no test: not a failure of the build.
 test: lint
-	$(PY) -m pytest -q; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(PY) -m pytest -q -n 2 --dist loadscope; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
