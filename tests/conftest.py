@@ -121,11 +121,50 @@ RESULT_FILES = ("predictions", "highest", "sequences", "chunks", "viral", "regio
                 "regions_fna")
 
 
-def predict_args(models, inputs, out, *extra: str) -> list[str]:
-    """`virnucpro predict` arguments for the tiny models, offline and quiet."""
+def predict_args(models, inputs, out, *extra: str, threads: int | None = 1) -> list[str]:
+    """`virnucpro predict` arguments for the tiny models, offline and quiet.
+
+    One CPU thread per worker unless `threads` (None: the default, the CPUs this process may
+    use) or `extra` says otherwise (the last --threads wins): tiny models gain nothing from
+    more, and on a loaded machine two OpenMP threads run them 5-20x slower than one."""
     return ["predict", *map(str, inputs), "-o", str(out), "--dnabert", str(models.dnabert_dir),
             "--esm", str(models.esm_dir), "-p", str(models.classifier_path), "--offline",
-            "--no-progress", "-q", *extra]
+            "--no-progress", "-q", *(["--threads", str(threads)] if threads else []), *extra]
+
+
+# A classifier trained with `virnucpro train` on the tiny backbones: GC-rich "virus" against
+# AT-rich "other" sequences, 300 bp chunks. Fast settings for tiny features (the original's
+# lr, 2e-4, needs far more steps than a test).
+TRAIN_CHUNK = 300
+TRAIN_FAST = ["--lr", "0.01", "--hidden-dim", "32", "--batch-size", "16", "--max-epochs", "12",
+              "--patience", "4", "--unit-frames", "64", "--threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("train-data")
+    return {"viral": composition_fasta(d / "viral.fa", 40, gc=0.68, seed=1, prefix="v"),
+            "other": composition_fasta(d / "other.fa", 48, gc=0.32, seed=2, prefix="o")}
+
+
+def train_args(models, data, out: Path, *extra: str) -> list[str]:
+    """`virnucpro train` arguments on `train_data` with the tiny backbones."""
+    return ["train", "--viral", str(data["viral"]), "--other", str(data["other"]), "-o",
+            str(out), "--chunk-size", str(TRAIN_CHUNK), "--dnabert", str(models.dnabert_dir),
+            "--esm", str(models.esm_dir), "--offline", "--no-progress", "-q", *TRAIN_FAST,
+            *extra]
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_models, train_data, tmp_path_factory) -> Path:
+    """The classifier `train_args` makes; trained once per session (test_train and
+    test_regions_inserts share it; a test that retrains it in place must leave the same
+    bytes)."""
+    from virnucpro.cli import main
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    assert main(train_args(tiny_models, train_data, out)) == 0
+    return out
 
 
 def predict_results(out: Path) -> dict[str, bytes]:

@@ -1,5 +1,6 @@
 """regions.py finds inserts end to end: `virnucpro train` a 300 bp classifier on GC-rich
-"virus" and AT-rich "host" sequences (tiny random backbones), `virnucpro predict` on host
+"virus" and AT-rich "host" sequences (tiny random backbones; conftest's `trained`, which
+tests/test_train.py checks), `virnucpro predict` on host
 contigs that each carry one virus insert and on insert-free host controls, then rebuild the
 regions from chunks.tsv. Prints the figures (pytest -s) and asserts the goals:
 >= 90% of inserts found with both boundaries within one chunk, <= 0.1 false regions per Mb
@@ -11,18 +12,16 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import composition_fasta
+from conftest import TRAIN_CHUNK, composition_fasta
 
 from virnucpro.cli import main
 from virnucpro.regions import Region, RegionParams, regions_from_chunks_tsv
 
 pytestmark = pytest.mark.slow
 
-CHUNK = 300
-VIRUS_GC, HOST_GC = 0.68, 0.32  # the classes tests/test_train.py trains on
+CHUNK = TRAIN_CHUNK
+VIRUS_GC, HOST_GC = 0.68, 0.32  # the classes conftest's `trained` model learnt
 N_INSERTS, N_CONTROLS, CONTROL_LENGTH = 10, 10, 100_000
-FAST = ["--lr", "0.01", "--hidden-dim", "32", "--batch-size", "16", "--max-epochs", "12",
-        "--patience", "4", "--unit-frames", "64"]
 
 
 def _bases(path: Path) -> list[str]:
@@ -52,17 +51,13 @@ def _contigs(d: Path) -> tuple[Path, dict[str, tuple[int, int]]]:
 
 
 @pytest.fixture(scope="module")
-def predicted(tiny_models, tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]]]:
+def predicted(tiny_models, trained, tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]]]:
     d = tmp_path_factory.mktemp("inserts")
-    backbones = ["--dnabert", str(tiny_models.dnabert_dir), "--esm", str(tiny_models.esm_dir),
-                 "--offline", "--no-progress", "-q"]
-    viral = composition_fasta(d / "train_viral.fa", 40, gc=VIRUS_GC, seed=1, prefix="v")
-    host = composition_fasta(d / "train_host.fa", 48, gc=HOST_GC, seed=2, prefix="o")
-    assert main(["train", "--viral", str(viral), "--other", str(host), "-o", str(d / "model"),
-                 "--chunk-size", str(CHUNK), *backbones, *FAST]) == 0
     contigs, truth = _contigs(d)
-    assert main(["predict", str(contigs), "-o", str(d / "pred"), "-p", str(d / "model"),
-                 "--device", "cpu", *backbones]) == 0
+    # One thread: 2 Mb through tiny models; two OpenMP threads only slow them down.
+    assert main(["predict", str(contigs), "-o", str(d / "pred"), "-p", str(trained),
+                 "--device", "cpu", "--threads", "1", "--dnabert", str(tiny_models.dnabert_dir),
+                 "--esm", str(tiny_models.esm_dir), "--offline", "--no-progress", "-q"]) == 0
     return d / "pred", truth
 
 

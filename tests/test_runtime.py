@@ -180,7 +180,7 @@ def test_threads_follow_the_cpus_the_process_may_use(tiny_models, tmp_path):
     inp = orf_rich_fasta(tmp_path / "in.fa", 4)
     out = tmp_path / "out"
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "virnucpro",
-           *predict_args(tiny_models, [inp], out, "--device", "cpu")]
+           *predict_args(tiny_models, [inp], out, "--device", "cpu", threads=None)]
     subprocess.run(cmd, check=True, timeout=300)
     assert json.loads((out / "run.json").read_text())["plan"]["threads"] == 1
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import composition_fasta
+from conftest import TRAIN_CHUNK, train_args
 
 from virnucpro.cli import main
 from virnucpro.errors import InputError
@@ -23,30 +23,16 @@ from virnucpro.reader import read_records
 from virnucpro.selection import CdsIndex, kept_records, select_frames
 from virnucpro.train import TrainConfig, labelled_records
 
-CHUNK = 300
-# Fast settings for tiny features: the original's lr (2e-4) needs far more steps than a test.
-FAST = ["--lr", "0.01", "--hidden-dim", "32", "--batch-size", "16", "--max-epochs", "12",
-        "--patience", "4", "--unit-frames", "64"]
+CHUNK = TRAIN_CHUNK
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("train-data")
-    return {"viral": composition_fasta(d / "viral.fa", 40, gc=0.68, seed=1, prefix="v"),
-            "other": composition_fasta(d / "other.fa", 48, gc=0.32, seed=2, prefix="o")}
+def data(train_data) -> dict[str, Path]:
+    return train_data
 
 
 def _args(models, data, out: Path, *extra: str) -> list[str]:
-    return ["train", "--viral", str(data["viral"]), "--other", str(data["other"]), "-o",
-            str(out), "--chunk-size", str(CHUNK), "--dnabert", str(models.dnabert_dir),
-            "--esm", str(models.esm_dir), "--offline", "--no-progress", "-q", *FAST, *extra]
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_models, data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained") / "model"
-    assert main(_args(tiny_models, data, out)) == 0
-    return out
+    return train_args(models, data, out, *extra)
 
 
 def _info(model_dir: Path) -> dict:
@@ -196,7 +182,7 @@ def test_predict_uses_trained_model(trained, data, tiny_models, tmp_path):
     # No --chunk-size: predict takes the one the classifier was trained with.
     assert main(["predict", str(data["viral"]), "-o", str(out), "-p", str(trained),
                  "--dnabert", str(tiny_models.dnabert_dir), "--esm", str(tiny_models.esm_dir),
-                 "--offline", "--no-progress", "-q"]) == 0
+                 "--offline", "--no-progress", "-q", "--threads", "1"]) == 0
     assert json.loads((out / "run.json").read_text())["params"]["chunk_size"] == CHUNK
     rows = [line.split("\t") for line in
             (out / "prediction_results.txt").read_text().splitlines()[1:]]

@@ -16,8 +16,14 @@ from virnucpro.cli_models import models
 from virnucpro.cli_run import predict, train
 from virnucpro.errors import VirnucproError
 
+# Our own help settings instead of rich-click's module globals, which another library in the
+# same process may have set (`import multiqc` sets three deprecated ones): --help looks the
+# same whatever the caller imported, and no call warns about settings we never made.
+HELP_CONFIG = click.RichHelpConfiguration()
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "rich_help_config": HELP_CONFIG})
 @click.version_option(__version__, prog_name="virnucpro")
 def cli() -> None:
     """Find viral sequences in DNA reads or contigs (VirNucPro-compatible)."""

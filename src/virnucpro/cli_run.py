@@ -16,10 +16,12 @@ from virnucpro.cli_common import setup_logging as _setup_logging
 
 def _shard_option(_ctx: click.Context, _param: click.Parameter,
                   value: str | None) -> tuple[int, int] | None:
-    from virnucpro.shards import parse_shard
+    if value is None:
+        return None
+    from virnucpro.shards import parse_shard  # imports torch (via predict): only when asked
 
     try:
-        return None if value is None else parse_shard(value)
+        return parse_shard(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -105,7 +107,17 @@ def _runtime(opts: dict, **extra: Any):  # type: ignore[no-untyped-def,type-arg]
                             **extra})
 
 
+def _early_checks(inputs: list[str], models: dict[str, Any]) -> None:
+    """What can be checked in well under a second, before torch is imported or any output
+    or worker exists: every input can be opened, and every local model argument is the kind
+    of model its option takes (swapped --dnabert and --esm, an ESM-2 directory given to -p)."""
+    from virnucpro.models.store import check_model_kind
+    from virnucpro.reader import check_inputs
 
+    check_inputs(inputs)
+    for kind, spec in models.items():
+        if spec is not None and Path(spec).expanduser().exists():
+            check_model_kind(Path(spec).expanduser(), kind)
 
 
 @click.command()
@@ -164,11 +176,13 @@ def predict(inputs: tuple[str, ...], output_dir: Path, model_type: str, model_pa
       virnucpro predict contigs.fa -o out/ --threshold 0.7      # re-threshold a finished run
       virnucpro predict in.fa -o out/ --dnabert DIR --esm DIR -p MODEL_DIR --offline
     """
+    if ray_address is not None and engine != "ray":
+        raise click.UsageError("--ray-address needs --engine ray")
+    _early_checks(list(inputs), {"dnabert": embedding["dnabert"], "esm": embedding["esm"],
+                                 "classifier": model_path})
     from virnucpro.predict import PredictConfig, run_predict
     from virnucpro.regions import RegionParams
 
-    if ray_address is not None and engine != "ray":
-        raise click.UsageError("--ray-address needs --engine ray")
     cfg = PredictConfig(
         inputs=inputs, output_dir=output_dir, model_type=int(model_type), chunk_size=chunk_size,
         classifier=str(model_path) if model_path else None, threshold=threshold,
@@ -246,6 +260,8 @@ def train(viral: tuple[str, ...], other: tuple[str, ...], model_dir: Path, chunk
       virnucpro train --viral phages.fa --other bacteria.fa -o my_model/ --chunk-size 300
       virnucpro predict contigs.fa -o out/ -p my_model/
     """
+    _early_checks([*viral, *other, *cds_proteins],
+                  {"dnabert": embedding["dnabert"], "esm": embedding["esm"]})
     from virnucpro.fit import Recipe
     from virnucpro.train import TrainConfig, run_train
 

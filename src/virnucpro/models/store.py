@@ -25,6 +25,7 @@ Nothing here reads environment variables: the CLI decides `offline` (from `--off
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from virnucpro.errors import ModelError, ModelNotCachedError
 from virnucpro.models.download import (
     CLASSIFIER_REPO,
     COMMIT,
+    KIND_LABEL,
     cached_snapshot,
     download_classifier,
     missing_msg,
@@ -57,6 +59,9 @@ DEFAULT_DNABERT = "zhihan1996/DNABERT-S"
 DEFAULT_ESM = "facebook/esm2_t36_3B_UR50D"
 PUBLISHED_MODEL_TYPES = (300, 500)
 ModelKind = Literal["dnabert", "esm"]
+# config.json `model_type` of the models we load; which option takes each kind of model.
+_MODEL_TYPES = {"bert": "dnabert", "esm": "esm"}
+_OPTION = {"dnabert": "--dnabert", "esm": "--esm", "classifier": "-p/--model-path"}
 _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[\w./-]+))?")
 
 
@@ -101,6 +106,45 @@ def _check_kind(kind: str) -> None:
         raise ModelError(f"unknown model kind {kind!r} (expected 'dnabert' or 'esm')")
 
 
+def model_kind(path: Path) -> str | None:
+    """What a model argument points at, judged from its small files alone (no weights are
+    read, nothing heavy is imported): 'dnabert', 'esm', 'classifier', `model_type X` for
+    another model, or None when it cannot tell (the loader then says what is wrong)."""
+    path = Path(path)
+    if path.is_file():
+        return "classifier" if path.suffix in (".pth", ".pt") else None
+    if (path / "classifier.json").is_file():
+        return "classifier"
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = config.get("model_type") if isinstance(config, dict) else None
+    return None if found is None else _MODEL_TYPES.get(found, f"model_type {found!r}")
+
+
+def check_model_kind(path: Path, kind: str) -> None:
+    """A `ModelError` when `path` is another kind of model than `kind` ('dnabert', 'esm' or
+    'classifier'): one line saying what was found, what was expected, and the likely mix-up.
+    Cheap, so a run checks every model argument before any worker starts."""
+    found = model_kind(path)
+    want = f"{_OPTION[kind]} expects {_a(KIND_LABEL[kind])} model"
+    if found is None and kind == "classifier" and Path(path).is_dir():
+        raise ModelError(f"{path}: not a classifier directory (no classifier.json); {want} "
+                         "(a .pth file or a directory written by `virnucpro train`)")
+    if found is None or found == kind:
+        return
+    if found not in KIND_LABEL:
+        raise ModelError(f"{path}: this is a model of {found}; {want}")
+    hint = ("--dnabert and --esm swapped?" if {found, kind} == {"dnabert", "esm"}
+            else f"pass it with {_OPTION[found]}")
+    raise ModelError(f"{path}: this is {_a(KIND_LABEL[found])} model, but {want}; {hint}")
+
+
+def _a(label: str) -> str:
+    return f"{'an' if label[0] in 'AEIOU' else 'a'} {label}"
+
+
 def resolve_model(spec: str, kind: ModelKind, *, offline: bool, cache_dir: Path | None = None,
                   verify: bool = False, rehash: bool = False,
                   progress: bool = False) -> ResolvedModel:
@@ -118,6 +162,7 @@ def resolve_model(spec: str, kind: ModelKind, *, offline: bool, cache_dir: Path 
     local = Path(spec).expanduser()
     fresh = None  # (origin, published sha256) when the hub was just asked for this model
     if local.exists():
+        check_model_kind(local, kind)
         path, repo_id, revision = local, *_snapshot_origin(local)
     else:
         repo_id, rev = parse_hub_id(spec)
@@ -129,6 +174,7 @@ def resolve_model(spec: str, kind: ModelKind, *, offline: bool, cache_dir: Path 
                 fresh = ({"kind": kind, "spec": spec, "repo_id": repo_id, "revision": path.name,
                           "source": f"https://huggingface.co/{repo_id}"}, published)
         revision = path.name
+        check_model_kind(path, kind)
     # The manifest check comes first so that a recorded file gone missing is named as such.
     known = _recorded_hashes(models_dir, path, fresh, rehash=rehash, progress=progress)
     weights = check_model_dir(path)
@@ -179,6 +225,7 @@ def resolve_classifier(spec: str | Path | None, model_type: int, *, models_dir: 
         path, label, repo_id = Path(spec).expanduser(), str(spec), None
         if not path.exists():
             raise ModelError(f"classifier not found: {spec}")
+        check_model_kind(path, "classifier")
     else:
         if model_type not in PUBLISHED_MODEL_TYPES:
             raise ModelError(f"there is no published classifier for chunk size {model_type} "
