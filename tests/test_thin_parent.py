@@ -227,11 +227,20 @@ def test_predict_from_a_program_never_reimports_it_nor_imports_torch(tiny_models
     assert (out / "run.json").is_file()
 
 
-def _shm() -> set[str]:
+def _family(pid: int) -> list[int]:
+    """`pid` and its child processes (Linux)."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return [pid, *kids]
+
+
+def _shm_maps(pid: int) -> list[str]:
     try:
-        return set(os.listdir("/dev/shm"))
-    except OSError:
-        return set()
+        return [line for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                if "/dev/shm/" in line]
+    except OSError:  # the process has gone
+        return []
 
 
 def test_sigterm_stops_with_143_and_one_line_and_the_run_resumes(tiny_models, tmp_path):
@@ -239,7 +248,6 @@ def test_sigterm_stops_with_143_and_one_line_and_the_run_resumes(tiny_models, tm
     common = ("--device", "cpu", "--threads", "1", "--unit-frames", "24")
     clean, out = tmp_path / "clean", tmp_path / "out"
     assert main(predict_args(tiny_models, [inp], clean, *common)) == 0
-    before = _shm()
     cmd = [sys.executable, "-m", "virnucpro", *predict_args(tiny_models, [inp], out, *common)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -254,17 +262,18 @@ def test_sigterm_stops_with_143_and_one_line_and_the_run_resumes(tiny_models, tm
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "SIGTERM" in lines[0] and "resume" in lines[0], err
     assert "Traceback" not in err and "leaked semaphore" not in err
-    assert _shm() <= before, "a stopped run left shared-memory files"
     assert main(predict_args(tiny_models, [inp], out, *common)) == 0
     assert predict_results(out) == predict_results(clean)
 
 
-def test_a_killed_run_leaves_nothing_in_dev_shm(tiny_models, tmp_path):
-    if not Path("/dev/shm").is_dir():
-        pytest.skip("no /dev/shm here")
+def test_a_killed_run_uses_no_shared_memory_and_its_workers_exit(tiny_models, tmp_path):
+    """Parent and workers talk over pipes: none of them maps anything in /dev/shm (named
+    semaphores are such files, and a kill -9 left nine behind per run), and the workers of
+    a killed parent exit on their own."""
+    if not Path("/proc/self/maps").is_file():
+        pytest.skip("needs Linux /proc")
     inp = orf_rich_fasta(tmp_path / "in.fa", 40)
     out = tmp_path / "out"
-    before = _shm()
     cmd = [sys.executable, "-m", "virnucpro", *predict_args(
         tiny_models, [inp], out, "--device", "cpu", "--workers", "2", "--unit-frames", "24")]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
@@ -274,10 +283,17 @@ def test_a_killed_run_leaves_nothing_in_dev_shm(tiny_models, tmp_path):
             break
         time.sleep(0.01)
     assert proc.poll() is None
+    family = _family(proc.pid)
+    assert len(family) == 3, "the parent and its two workers"
+    assert not [m for pid in family for m in _shm_maps(pid)]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(2.5)  # the orphaned workers notice within a second and exit
-    assert _shm() <= before
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in family[1:]):
+        time.sleep(0.1)
+    alive = [p for p in family[1:] if Path(f"/proc/{p}/status").exists()
+             and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+    assert not alive, "workers outlived their killed parent"
 
 
 def test_device_mistakes_fail_in_one_line_without_torch(tiny_models, tmp_path):
