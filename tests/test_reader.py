@@ -254,7 +254,7 @@ def test_validation_is_fast(tmp_path):
 
 
 def test_seen_ids_finds_repeats_across_flushes(monkeypatch):
-    from virnucpro.reader import SeenIds
+    from virnucpro.seen_ids import SeenIds
 
     monkeypatch.setattr(SeenIds, "_RECENT", 4)  # many flushes into the sorted arrays
     seen = SeenIds()
@@ -391,7 +391,7 @@ def test_pipes_are_read_once_and_have_no_size(tmp_path):
 
 
 def test_validate_inputs_memory_does_not_grow_with_input(tmp_path):
-    from virnucpro.reader import SeenIds
+    from virnucpro.seen_ids import SeenIds
 
     rng = random.Random(0)
 
