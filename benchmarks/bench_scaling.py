@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="frames per work unit [2048, predict's default; quick: 256]")
     p.add_argument("--profile", type=int, default=None, metavar="N",
                    help="also profile the parent at N devices (an extra run)")
+    p.add_argument("--long-record", type=float, default=None, metavar="MBP",
+                   help="instead of reads, one contig of MBP megabases (phage-like genes), "
+                        "split over units")
     p.add_argument("--quick", action="store_true", help="a few seconds (for tests)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--seed", type=int, default=0)
@@ -184,8 +187,9 @@ def profile_text(profile: cProfile.Profile, top: int = 14) -> str:
 def report(r: dict[str, Any]) -> None:
     print("== input ==")
     w = r["workload"]
-    print(f"  {w['reads']:,} reads of {w['read_lengths'][0]}-{w['read_lengths'][1]} bp, "
-          f"-m {CHUNK_SIZE}; {w['frames']:,} frames in {w['units']} units of ~"
+    what = (f"one {w['long_record_mbp']} Mbp contig" if w["long_record_mbp"] else
+            f"{w['reads']:,} reads of {w['read_lengths'][0]}-{w['read_lengths'][1]} bp")
+    print(f"  {what}, -m {CHUNK_SIZE}; {w['frames']:,} frames in {w['units']} units of ~"
           f"{w['unit_frames']} frames; ESM-2 {w['esm_tokens_per_frame']:.1f} tokens/frame, "
           f"DNABERT-S {w['dnabert_tokens_per_frame']:.1f} (approximated)")
     print(f"  stand-in device: ESM-2 3B {ESM_TOKENS_PER_S:,.0f} tokens/s (65% MFU) + DNABERT-S "
@@ -223,8 +227,15 @@ def workload(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]
     real translation of a sample)."""
     from virnucpro.frames import iter_record_frames
 
-    records = S.stop_free_reads(args.reads, *READ_LENGTHS, seed=args.seed)
-    sample = list(iter_record_frames(records[:5000], CHUNK_SIZE))
+    if args.long_record:
+        records = S.contig_like_records(int(args.long_record * 1e6), n_contigs=1,
+                                        seed=args.seed)
+        records[0] = S.Record("contig", "contig", records[0].seq, "bench")
+        head = S.Record("head", "head", records[0].seq[:2_000_000], "bench")
+        sample = list(iter_record_frames([head], CHUNK_SIZE))
+    else:
+        records = S.stop_free_reads(args.reads, *READ_LENGTHS, seed=args.seed)
+        sample = list(iter_record_frames(records[:5000], CHUNK_SIZE))
     frames = [f for rf in sample for fs in rf.frames for f in fs]
     chunks = sum(len(rf.chunks) for rf in sample)
     esm = sum(len(f.protein) + 2 for f in frames) / len(frames)
@@ -233,8 +244,10 @@ def workload(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]
     fasta = S.write_fasta(records, work / "reads.fa")
     args.rates = {"frames_per_chunk": len(frames) / chunks, "esm_tokens_per_frame": esm,
                   "dnabert_tokens_per_frame": dna}
-    return fasta, {"reads": args.reads, "read_lengths": READ_LENGTHS,
-                   "frames": round(args.reads * len(frames) / chunks),
+    total_chunks = sum(-(-len(r.seq) // CHUNK_SIZE) for r in records)
+    return fasta, {"reads": len(records), "read_lengths": READ_LENGTHS,
+                   "long_record_mbp": args.long_record,
+                   "frames": round(total_chunks * len(frames) / chunks),
                    "unit_frames": args.unit_frames, "esm_tokens_per_frame": esm,
                    "dnabert_tokens_per_frame": dna, "device_frames_per_s": 1 / per_frame}
 

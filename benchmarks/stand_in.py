@@ -68,21 +68,26 @@ class StandIn:
         return f"the stand-in on {self.spec.device} failed: {exc!r}"
 
     def process(self, unit: RecordUnit) -> UnitResult:
-        """Rows of the real layout (one chunk per read here), after the device's time."""
+        """Rows of the real layout, after the device's time. A split record's parts would
+        return their chunk scores for the parent's tail; the stand-in leaves its sequence row
+        out instead (one row of millions of frames' worth)."""
         t0 = time.perf_counter()
         out = Rendered()
         predictions, chunks, sequences = [], [], []
         n_frames = 0
         for p in unit.pieces:
-            self.carry += self.frames_per_chunk * (p.stop - p.first)
-            k, self.carry = int(self.carry), self.carry - int(self.carry)
-            cid = f"{p.id}_chunk_1"
-            predictions.extend(f"{cid}F{i + 1}\tothers\t0.73105854\t0.26894143\n"
-                               for i in range(k))
-            chunks.append(f"{cid}\t{p.id}\t0\t{p.length}\t{k}\t0.26894143\tnot_virus\n")
-            sequences.append(f"{p.id}\t{p.length}\t1\t1\t{k}\t0.26894143\tnot_virus\t\n")
-            out.highest.append(f"{cid}\tFalse\n")
-            n_frames += k
+            for c in range(p.first, p.stop):
+                self.carry += self.frames_per_chunk
+                k, self.carry = int(self.carry), self.carry - int(self.carry)
+                cid = f"{p.id}_chunk_{c + 1}"
+                predictions.extend(f"{cid}F{i + 1}\tothers\t0.73105854\t0.26894143\n"
+                                   for i in range(k))
+                chunks.append(f"{cid}\t{p.id}\t0\t{p.length}\t{k}\t0.26894143\tnot_virus\n")
+                out.highest.append(f"{cid}\tFalse\n")
+                n_frames += k
+            if p.whole:  # a split record's row is the parent's to write (render.Tails)
+                sequences.append(f"{p.id}\t{p.length}\t1\t1\t{n_frames}\t0.26894143\t"
+                                 "not_virus\t\n")
         out.texts.update(predictions="".join(predictions), chunks="".join(chunks),
                          sequences="".join(sequences))
         out.counts.update(sequences=len(unit.pieces), frames=n_frames)

@@ -354,3 +354,20 @@ def test_each_input_is_read_twice_at_most(tiny_models, tmp_path, monkeypatch):
     run = json.loads((out / "run.json").read_text())
     assert run["inputs"][0]["sha256"] == __import__("hashlib").sha256(
         Path(inp).read_bytes()).hexdigest()
+
+
+def test_run_json_keeps_one_copy_of_the_workers_and_absolute_paths(tiny_models, tmp_path,
+                                                                    monkeypatch):
+    orf_rich_fasta(tmp_path / "in.fa", 4)
+    monkeypatch.chdir(tmp_path)  # every path below is given relative to here
+    models = type(tiny_models)(*(Path(os.path.relpath(p, tmp_path)) for p in (
+        tiny_models.dnabert_dir, tiny_models.esm_dir, tiny_models.classifier_path)))
+    assert main(predict_args(models, ["in.fa"], Path("out"), "--device", "cpu")) == 0
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert "devices" not in run and "workers" not in run
+    assert [w["device"] for w in run["plan"]["workers"]] == ["cpu"]
+    paths = [run["config"]["output_dir"], run["config"]["runtime"]["dnabert"],
+             run["config"]["runtime"]["esm"], run["config"]["classifier"],
+             run["inputs"][0]["path"], *(m["path"] for m in run["models"].values())]
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in paths), paths
+    assert Path(run["config"]["output_dir"]) == tmp_path / "out"
