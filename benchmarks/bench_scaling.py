@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--long-record", type=float, default=None, metavar="MBP",
                    help="instead of reads, one contig of MBP megabases (phage-like genes), "
                         "split over units")
+    p.add_argument("--ray", type=int, default=None, metavar="NODES",
+                   help="run the stand-ins as Ray actors on a ray.cluster_utils.Cluster of "
+                        "NODES nodes, each offering max(--workers) / NODES (fake) GPUs")
     p.add_argument("--quick", action="store_true", help="a few seconds (for tests)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--seed", type=int, default=0)
@@ -100,7 +103,7 @@ def run_once(fasta: Path, n: int, args: argparse.Namespace, work: Path,
                                         w["dnabert_tokens_per_frame"]),
                              "stand-in", "stand-in", f"cuda:{i}", threads=1, render=render)
                   for i in range(n))
-    job = Job(specs, Request(device="cuda"), home, backend="stand_in:StandIn",
+    job = Job(specs, Request(device="cuda", workers=n), home, backend="stand_in:StandIn",
               pythonpath=str(BENCH_DIR))
     read = ReadStats()
     units = UnitStream((str(fasta),), CHUNK_SIZE, args.unit_frames).units(read)
@@ -115,7 +118,14 @@ def run_once(fasta: Path, n: int, args: argparse.Namespace, work: Path,
         clock.units += 1
 
     t0 = time.perf_counter()
-    stats = run_units(job, clock.feeder(units), consume, on_settled=lambda plan: clock.start())
+    if args.ray:  # the same stand-ins as Ray actors; this process is the Ray driver
+        from virnucpro.runtime.ray_engine import run_units_ray
+
+        stats = run_units_ray(job, clock.feeder(units), consume,
+                              on_settled=lambda plan: clock.start())
+    else:
+        stats = run_units(job, clock.feeder(units), consume,
+                          on_settled=lambda plan: clock.start())
     t_finish = time.perf_counter()
     writer.finish({"benchmark": "bench_scaling"})
     return clock.row(n, stats, t0, time.perf_counter() - t_finish)
@@ -197,25 +207,34 @@ def report(r: dict[str, Any]) -> None:
           "per device")
     print(f"  this machine: {r['cpu']}, {r['cores']} cores; load average before "
           f"{_floats(r['load_before'])}, after {_floats(r['load_after'])}")
-    print("== scaling (scoring phase; start-up apart) ==")
+    print(f"== scaling, {r['engine']} engine (scoring phase; start-up apart) ==")
     rows = [[s["workers"], s["frames"], f"{s['seconds']:.2f}", f"{s['frames_per_s']:.0f}",
              C.fmt_pct(s["efficiency"]), C.fmt_pct(s["device_busy"]),
              f"{s['parent_cores']:.2f}",
-             "/".join(f"{1e6 * s['cpu_seconds'][k] / s['frames']:.0f}" for k in
-                      ("main_thread", "feeder_thread", "other_threads")),
+             _cpu_split(s, r["engine"] == "local"),
              f"{s['parent_ceiling']:.0f}", f"{s['startup_seconds']:.1f}"]
             for s in r["runs"]]
     C.print_table(rows, ["N", "frames", "seconds", "frames/s", "efficiency", "devices busy",
                          "parent cores", "parent CPU us/frame", "parent ceiling",
                          "start-up s"])
-    print("  parent CPU us/frame: main thread (results, saved units, writer) / feeder thread "
-          "(reading records into units) / other threads (the pipes: pickling both ways);"
+    print("  parent CPU us/frame: in all (main thread: results, saved units, writer / feeder "
+          "thread: reading records into units / other threads: the pipes, pickling);"
           "\n  parent ceiling: frames/s the parent could sustain on one free core (one GIL) at "
           "that CPU cost;\n  parent cores: CPU the parent got per second (other work on these "
           "cores takes the rest)")
     for name, text in r.get("profile", {}).items():
         print(f"== profile at N = {r['profile_workers']}: {name} (by own time) ==")
         print(text)
+
+
+def _cpu_split(s: dict[str, Any], by_thread: bool) -> str:
+    """Parent CPU us/frame in all and, for the local engine, main / feeder / other threads
+    (the Ray driver draws units in its main thread, so there the total alone means much)."""
+    total = f"{1e6 * s['cpu_seconds']['parent'] / s['frames']:.1f}"
+    if not by_thread:
+        return total
+    return total + " (" + "/".join(f"{1e6 * s['cpu_seconds'][k] / s['frames']:.1f}" for k in
+                                   ("main_thread", "feeder_thread", "other_threads")) + ")"
 
 
 def _floats(values: Any) -> str:
@@ -252,10 +271,28 @@ def workload(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]
                    "dnabert_tokens_per_frame": dna, "device_frames_per_s": 1 / per_frame}
 
 
+def start_ray(nodes: int, devices: int) -> Any:
+    """A Ray cluster of `nodes` nodes on this machine, each offering its share of `devices`
+    (fake) GPUs and as many CPUs, with the stand-ins importable; this process joins it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    per = -(-devices // nodes)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": per, "num_gpus": per})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=per, num_gpus=per)
+    src = str(BENCH_DIR.parent / "src")
+    ray.init(address=cluster.address, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(BENCH_DIR), src])}})
+    return cluster
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     r: dict[str, Any] = {"quick": args.quick, "cpu": C.cpu_model(), "cores": os.cpu_count(),
                          "load_before": os.getloadavg()}
+    cluster = start_ray(args.ray, max(args.workers)) if args.ray else None
+    r["engine"] = f"ray, {args.ray} nodes" if args.ray else "local"
     with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
         work = Path(tmp)
         fasta, r["workload"] = workload(args, work)
@@ -274,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                             "feeder thread (read, chunk, translate, send)":
                             profile_text(feeder_thread)}
             r["profile_run"] = run
+    if cluster is not None:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
     one = r["runs"][0]["frames_per_s"] / r["runs"][0]["workers"]
     for s in r["runs"]:
         s["efficiency"] = s["frames_per_s"] / (s["workers"] * one)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from virnucpro.errors import VirnucproError
 from virnucpro.progress import Progress
 from virnucpro.runtime.batching import WorkUnit
-from virnucpro.runtime.engine import Job, RunStats, settle_plan, settle_start
+from virnucpro.runtime.engine import BACKEND, Job, RunStats, settle_plan, settle_start
 from virnucpro.runtime.protocol import Plan, Settings, UnitResult, WorkerSpec, empty_result
 from virnucpro.runtime.units import load_unit, save_unit
 
@@ -60,16 +60,18 @@ def _connect(ray: Any, address: str | None) -> bool:
 
 class Scorer:
     """The actor: one worker on the device Ray gave it (`cuda:0` is its own GPU), the same
-    backend and unit processing as a local worker's."""
+    backend and unit processing as a local worker's (`backend`: "module:factory", as
+    `engine.Pool` takes it; a benchmark passes its stand-in)."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, backend: str = BACKEND) -> None:
+        import importlib
+
         import ray
-
-        from virnucpro.runtime.worker import TorchBackend
 
         device = "cuda:0" if ray.get_gpu_ids() else "cpu"
         self.spec = replace(spec, device=device)
-        self.backend = TorchBackend(self.spec)
+        module, _, name = backend.partition(":")
+        self.backend = getattr(importlib.import_module(module), name)(self.spec)
 
     def probe(self) -> dict[str, Any]:
         import ray
@@ -92,9 +94,12 @@ class Scorer:
         self.backend.go(settings)
 
     def score(self, unit: Any) -> UnitResult:
-        import torch
-
         from virnucpro.runtime.serve import process_unit
+
+        process = getattr(self.backend, "process", None)  # a stand-in does it all itself
+        if process is not None:
+            return process(unit)
+        import torch
 
         # Set in the calling thread too: the thread count is part of what fixes the bytes.
         torch.set_num_threads(self.spec.threads)
@@ -134,7 +139,7 @@ def _start_actors(ray: Any, job: Job) -> tuple[list[Any], int]:
     log.info("Ray: %d actor(s), each %s", n,
              ", ".join(f"{v} {k.removeprefix('num_')}" for k, v in resources.items()))
     cls = ray.remote(**resources)(Scorer)
-    return [cls.remote(spec) for _ in range(n)], threads
+    return [cls.remote(spec, job.backend) for _ in range(n)], threads
 
 
 def _settle(ray: Any, actors: list[Any], job: Job, threads: int) -> Plan:
