@@ -153,8 +153,11 @@ def test_a_split_record_is_byte_identical_over_workers_resume_and_shards(tiny_mo
     shards = [tmp_path / "s1", tmp_path / "s2", tmp_path / "s3"]
     for i, out in enumerate(shards, 1):
         assert main(predict_args(tiny_models, [inp], out, *common, "--shard", f"{i}/3")) == 0
-    owners = [{int(p.name[:6]) for p in (s / "units").glob("*.npz")} for s in shards]
-    assert all(owners), "every shard scored part of the run"
+    # The 2.5 Mbp record's parts land in several shards: none of them writes its sequence
+    # row (it lacks the other parts' chunk scores); the merge does.
+    with_parts = [s for s in shards if any(r[1] == "big" for r in _rows(s / "chunks.tsv"))]
+    assert len(with_parts) >= 2
+    assert not any(r[0] == "big" for s in shards for r in _rows(s / "sequences.tsv"))
     merged = tmp_path / "merged"
     assert main(["merge", *map(str, shards), "-o", str(merged), "-q"]) == 0
     assert predict_results(merged) == predict_results(big["split"])
@@ -174,22 +177,6 @@ def test_a_split_record_is_byte_identical_over_workers_resume_and_shards(tiny_mo
     run = json.loads((killed / "run.json").read_text())
     assert run["timing"]["frames_scored_this_run"] < run["counts"]["frames"]
     assert predict_results(killed) == predict_results(big["split"])
-
-
-def test_a_shard_holding_only_parts_of_a_record_leaves_its_tail_to_merge(tiny_models, big,
-                                                                        tmp_path):
-    """The 2.5 Mbp record's parts land in both shards: neither writes its sequence row, the
-    merge does."""
-    inp, common = big["input"], (*big["common"], "--unit-frames", "600")
-    shards = [tmp_path / "s1", tmp_path / "s2"]
-    for i, out in enumerate(shards, 1):
-        assert main(predict_args(tiny_models, [inp], out, *common, "--shard", f"{i}/2")) == 0
-    chunk_owners = [{r[1] for r in _rows(s / "chunks.tsv")} for s in shards]
-    assert all("big" in owners for owners in chunk_owners)
-    assert not any(r[0] == "big" for s in shards for r in _rows(s / "sequences.tsv"))
-    merged = tmp_path / "merged"
-    assert main(["merge", *map(str, shards), "-o", str(merged), "-q"]) == 0
-    assert predict_results(merged) == predict_results(big["split"])
 
 
 # ------------------------------------------------------------------ the parent process
