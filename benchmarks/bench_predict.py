@@ -256,8 +256,8 @@ def baseline_run(spec_path: Path) -> int:
 
     from virnucpro.models.classifier import classify, load_classifier
     from virnucpro.models.dnabert import load_dnabert, load_dnabert_tokenizer
-    from virnucpro.outputs import frame_lines
     from virnucpro.reader import read_records
+    from virnucpro.render import frame_lines
 
     spec = json.loads(spec_path.read_text())
     torch.set_num_threads(spec["threads"])

@@ -48,7 +48,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import common as C
 import synthetic as S
-from stand_in import DNABERT_TOKENS_PER_S, ESM_TOKENS_PER_S
+from stand_in import DNABERT_TOKENS_PER_S, ESM_TOKENS_PER_S, frames_for
 
 CHUNK_SIZE = 300  # -m 300: a read of up to 300 bp is one chunk
 READ_LENGTHS = (150, 150)
@@ -263,10 +263,11 @@ def workload(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]
     fasta = S.write_fasta(records, work / "reads.fa")
     args.rates = {"frames_per_chunk": len(frames) / chunks, "esm_tokens_per_frame": esm,
                   "dnabert_tokens_per_frame": dna}
-    total_chunks = sum(-(-len(r.seq) // CHUNK_SIZE) for r in records)
+    fpc = len(frames) / chunks
+    total = sum(frames_for(f"{r.id}_chunk_{c + 1}", fpc) for r in records
+                for c in range(-(-len(r.seq) // CHUNK_SIZE)))
     return fasta, {"reads": len(records), "read_lengths": READ_LENGTHS,
-                   "long_record_mbp": args.long_record,
-                   "frames": round(total_chunks * len(frames) / chunks),
+                   "long_record_mbp": args.long_record, "frames": total,
                    "unit_frames": args.unit_frames, "esm_tokens_per_frame": esm,
                    "dnabert_tokens_per_frame": dna, "device_frames_per_s": 1 / per_frame}
 

@@ -15,6 +15,7 @@ Its rates arrive in the spec's `dnabert_dir` field (a benchmark has no model dir
 from __future__ import annotations
 
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,13 @@ from virnucpro.runtime.protocol import RecordUnit, UnitResult, WorkerSpec
 # 2 x 2.84 GFLOP per token (two FLOPs per parameter) = 113,000 tokens/s.
 ESM_TOKENS_PER_S = 113_000.0
 DNABERT_TOKENS_PER_S = 495_000.0  # DNABERT-S on one H200, bf16 (measured, 2026-11-29)
+
+
+def frames_for(chunk_id: str, frames_per_chunk: float) -> int:
+    """The frames a stand-in keeps for a chunk: `frames_per_chunk` on average, the same
+    for a chunk whichever stand-in scores it (so every N scores the same frames)."""
+    whole, part = divmod(frames_per_chunk, 1.0)
+    return int(whole) + (zlib.crc32(chunk_id.encode()) / 2**32 < part)
 
 
 def spec_field(frames_per_chunk: float, esm_per_frame: float, dna_per_frame: float,
@@ -43,7 +51,6 @@ class StandIn:
         _, *rates = spec.dnabert_dir.split(":")
         self.frames_per_chunk, self.esm, self.dna, self.esm_rate, self.dna_rate = map(
             float, rates)
-        self.carry = 0.0  # fractional frames carried from one record to the next
 
     def probe(self) -> dict[str, Any]:
         return {"device": self.spec.device, "name": "stand-in H200 (sleeps)",
@@ -77,9 +84,8 @@ class StandIn:
         n_frames = 0
         for p in unit.pieces:
             for c in range(p.first, p.stop):
-                self.carry += self.frames_per_chunk
-                k, self.carry = int(self.carry), self.carry - int(self.carry)
                 cid = f"{p.id}_chunk_{c + 1}"
+                k = frames_for(cid, self.frames_per_chunk)
                 predictions.extend(f"{cid}F{i + 1}\tothers\t0.73105854\t0.26894143\n"
                                    for i in range(k))
                 chunks.append(f"{cid}\t{p.id}\t0\t{p.length}\t{k}\t0.26894143\tnot_virus\n")

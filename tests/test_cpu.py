@@ -154,7 +154,7 @@ def test_cgroup_v1_cfs_quota(quota, period, expected):
 
 def test_available_cpus_follows_affinity_and_quota(tmp_path, monkeypatch):
     monkeypatch.setattr(host.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(onednn, "_own_cgroup_v2", lambda: "/job")
+    monkeypatch.setattr(host, "_own_cgroup_v2", lambda: "/job")
     assert host.available_cpus(tmp_path) == 4  # no cgroup files: the affinity mask
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "cpu.max").write_text("250000 100000\n")

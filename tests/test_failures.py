@@ -43,17 +43,17 @@ def test_full_disk_is_one_line_and_the_rerun_resumes(tiny_models, tmp_path, smal
                                                      capsys):
     inp = orf_rich_fasta(tmp_path / "in.fa", 80)
     ref = tmp_path / "ref"
-    assert main(predict_args(tiny_models, [inp], ref, *FAST, "--unit-frames", "8")) == 0
+    assert main(predict_args(tiny_models, [inp], ref, *FAST, "--unit-frames", "48")) == 0
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (400 * 1024 - 96 * 1024))  # leaves ~96 KiB: not enough
     out = small_disk / "out"
     capsys.readouterr()
-    assert main(predict_args(tiny_models, [inp], out, *FAST, "--unit-frames", "8")) == 1
+    assert main(predict_args(tiny_models, [inp], out, *FAST, "--unit-frames", "48")) == 1
     line = _one_line(capsys.readouterr().err)
     assert "No space left on device" in line and "free some space" in line, line
     assert str(small_disk) in line
     filler.unlink()
-    assert main(predict_args(tiny_models, [inp], out, *FAST, "--unit-frames", "8")) == 0
+    assert main(predict_args(tiny_models, [inp], out, *FAST, "--unit-frames", "48")) == 0
     assert predict_results(out) == predict_results(ref)
 
 
@@ -155,7 +155,7 @@ def test_plain_logs_and_small_defects(tiny_models, tmp_path, capsys, monkeypatch
     assert main(args) == 0
     err = capsys.readouterr().err
     summary = [line for line in err.splitlines() if "outputs in" in line]
-    assert len(summary) == 1 and " 1 sequence: " in summary[0]
+    assert len(summary) == 1 and "done: 1 sequence (" in summary[0]
     assert all(line == line.rstrip() for line in err.splitlines())
     assert (out / "viral.fna").read_text().startswith(">  padded header")
 

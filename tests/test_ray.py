@@ -124,7 +124,8 @@ def test_two_cpu_actors_write_what_the_local_engine_writes(tiny_models, workdir,
     assert predict_results(out) == predict_results(workdir["local"])
     run = json.loads((out / "run.json").read_text())
     assert run["timing"]["frames_scored_this_run"] == run["counts"]["frames"]
-    assert {"dnabert", "esm", "classifier", "read_and_translate"} <= set(run["timing"]["stages"])
+    assert {"read", "translate", "dnabert", "esm", "classifier", "render"} <= set(
+        run["timing"]["stages"])
 
 
 def test_a_ray_shard_merges_with_a_local_shard(tiny_models, workdir, local_ray, tmp_path):

@@ -28,10 +28,10 @@ def _units(out: Path) -> int:
 
 
 def _children(pid: int) -> list[int]:
-    """The worker processes of a run (not multiprocessing's resource tracker)."""
+    """The worker processes of a run."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
     kids = [int(p) for p in path.read_text().split()] if path.exists() else []
-    return [k for k in kids if b"spawn_main" in _cmdline(k)]
+    return [k for k in kids if b"virnucpro.runtime.serve" in _cmdline(k)]
 
 
 def _cmdline(pid: int) -> bytes:

@@ -233,7 +233,6 @@ class TorchBackend:
         self.models: Models | None = None
         claim_device(spec.device)
         apply_process_settings(torch.device(spec.device).type, spec.threads)
-        torch.set_grad_enabled(False)
 
     def probe(self) -> dict[str, Any]:
         from virnucpro.runtime.devices import describe_device
