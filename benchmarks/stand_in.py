@@ -102,6 +102,5 @@ class StandIn:
         time.sleep(max(0.0, sum(seconds.values()) - (time.perf_counter() - t0)))
         scores = np.full((n_frames, 2), 0.5, np.float32)
         return UnitResult(unit.index, scores, None, seconds,
-                          {"dnabert": round(n_frames * self.dna),
-                           "esm": round(n_frames * self.esm)},
+                          {"dnabert": n_frames * self.dna, "esm": n_frames * self.esm},
                           self.spec.device, None, out)
