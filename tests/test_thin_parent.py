@@ -349,7 +349,9 @@ def test_run_json_keeps_one_copy_of_the_workers_and_absolute_paths(tiny_models, 
     monkeypatch.chdir(tmp_path)  # every path below is given relative to here
     models = type(tiny_models)(*(Path(os.path.relpath(p, tmp_path)) for p in (
         tiny_models.dnabert_dir, tiny_models.esm_dir, tiny_models.classifier_path)))
+    fds = len(os.listdir("/proc/self/fd"))
     assert main(predict_args(models, ["in.fa"], Path("out"), "--device", "cpu")) == 0
+    assert len(os.listdir("/proc/self/fd")) == fds, "a run left pipes open in its caller"
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert "devices" not in run and "workers" not in run
     assert [w["device"] for w in run["plan"]["workers"]] == ["cpu"]

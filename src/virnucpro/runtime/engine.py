@@ -100,12 +100,15 @@ class Pool:
         self._outboxes.append(outbox)
 
     def _receive(self, index: int, channel: Channel) -> None:
+        """Hand the worker's messages on; `exit` once its pipe closes (it ended, or died)."""
         try:
             while True:
                 kind, payload = channel.recv()
                 self.results.put((kind, index, payload))
-        except (EOFError, OSError):
+        except Exception:  # EOF, or a message cut short by the worker's death
             self.results.put(("exit", index, None))
+        finally:
+            channel.close_receiving()  # each pipe end is closed by the thread that uses it
 
     @staticmethod
     def _send(channel: Channel, outbox: queue.Queue[tuple[str, Any] | None]) -> None:
@@ -114,7 +117,7 @@ class Pool:
                 channel.send(*message)
         except OSError:
             pass  # the worker has gone: its reader reports it
-        channel.close()
+        channel.close_sending()  # the reader thread owns the other end
 
     def _failed(self, index: int) -> VirnucproError:
         """Why worker `index` is gone, naming its device."""

@@ -183,9 +183,16 @@ class Channel:
         """The next message; EOFError when the other side has gone."""
         return self._in.recv()
 
+    def close_sending(self) -> None:
+        """Close the write end: the other side reads EOF once it has read what was sent."""
+        self._out.close()
+
+    def close_receiving(self) -> None:
+        self._in.close()
+
     def close(self) -> None:
-        for conn in (self._in, self._out):
-            conn.close()
+        self.close_sending()
+        self.close_receiving()
 
 
 def expect(message: tuple[str, Any], kind: str) -> Any:
