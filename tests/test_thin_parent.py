@@ -351,7 +351,7 @@ def test_run_json_keeps_one_copy_of_the_workers_and_absolute_paths(tiny_models, 
         tiny_models.dnabert_dir, tiny_models.esm_dir, tiny_models.classifier_path)))
     fds = len(os.listdir("/proc/self/fd"))
     assert main(predict_args(models, ["in.fa"], Path("out"), "--device", "cpu")) == 0
-    assert len(os.listdir("/proc/self/fd")) == fds, "a run left pipes open in its caller"
+    assert len(os.listdir("/proc/self/fd")) <= fds, "a run left pipes open in its caller"
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert "devices" not in run and "workers" not in run
     assert [w["device"] for w in run["plan"]["workers"]] == ["cpu"]
