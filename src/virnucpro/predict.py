@@ -371,10 +371,15 @@ def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
         shutil.rmtree(state, ignore_errors=True)
         return record
     # A shard's own files cover its records; its features stay in its units, for merge.
-    writer = PredictWriter(cfg.output_dir, state / "tmp",
-                           replace(render_settings(cfg, plan.chunk_size),
-                                   save_embeddings=cfg.save_embeddings and cfg.shard is None),
-                           partial_ok=cfg.shard is not None)
+    try:
+        writer = PredictWriter(cfg.output_dir, state / "tmp",
+                               replace(render_settings(cfg, plan.chunk_size),
+                                       save_embeddings=cfg.save_embeddings and not cfg.shard),
+                               partial_ok=cfg.shard is not None)
+    except BaseException:
+        if pool is not None:
+            pool.close(False)
+        raise
     consumed: list[int] = []
     startup: list[float] = []
     read = ReadStats()
