@@ -91,6 +91,12 @@ def _trained_chunk_size(path: Path) -> int | None:
         return None
 
 
+def run_chunk_size(cfg: PredictConfig, models: dict[str, Any]) -> int:
+    """The run's chunk size: as asked, else the one its classifier was trained on, else the
+    model type's."""
+    return cfg.chunk_size or _trained_chunk_size(models["classifier"].path) or cfg.model_type
+
+
 def plan_run(cfg: PredictConfig, models: dict[str, Any] | None = None,
              summary: InputSummary | None = None) -> RunPlan:
     """Resolve models (unless given), identify the inputs (by the hashes the input check
@@ -98,7 +104,7 @@ def plan_run(cfg: PredictConfig, models: dict[str, Any] | None = None,
     _check_config(cfg)
     models = models or resolve_models(cfg.runtime, cfg.classifier, cfg.model_type)
     trained = _trained_chunk_size(models["classifier"].path)
-    chunk_size = cfg.chunk_size or trained or cfg.model_type
+    chunk_size = run_chunk_size(cfg, models)
     if trained and trained != chunk_size:
         log.warning("the classifier was trained on %d bp chunks; this run cuts %d bp chunks",
                     trained, chunk_size)
@@ -266,9 +272,10 @@ def render_settings(cfg: PredictConfig, chunk_size: int) -> Render:
     return Render(chunk_size, cfg.threshold, cfg.regions, cfg.save_embeddings)
 
 
-def _specs(cfg: PredictConfig, plan: RunPlan, recorded: Plan | None) -> Any:
-    return worker_specs(cfg.runtime, plan.paths, save_embeddings=cfg.save_embeddings,
-                        recorded=recorded, render=render_settings(cfg, plan.chunk_size))
+def _specs(cfg: PredictConfig, chunk_size: int, paths: dict[str, str],
+           recorded: Plan | None) -> Any:
+    return worker_specs(cfg.runtime, paths, save_embeddings=cfg.save_embeddings,
+                        recorded=recorded, render=render_settings(cfg, chunk_size))
 
 
 def _run_engine(cfg: PredictConfig, plan: RunPlan, resume: Resume, total: int | None,
@@ -277,9 +284,9 @@ def _run_engine(cfg: PredictConfig, plan: RunPlan, resume: Resume, total: int | 
                 read: ReadStats) -> RunStats:
     """Score the run's units (only its shard's, if it is one) on the chosen engine."""
     rt = cfg.runtime
-    job = Job(_specs(cfg, plan, resume.plan), rt.request(), units_home(cfg), resume.done,
-              resume.plan, need_features=cfg.save_embeddings, progress=rt.progress,
-              total=total)
+    specs = _specs(cfg, plan.chunk_size, plan.paths, resume.plan)
+    job = Job(specs, rt.request(), units_home(cfg), resume.done, resume.plan,
+              need_features=cfg.save_embeddings, progress=rt.progress, total=total)
     # The input check read every regular input and checked its ids: not kept again here.
     checked = "-" not in cfg.inputs and all(i["sha256"] for i in plan.inputs)
     units = UnitStream(cfg.inputs, plan.chunk_size, rt.unit_frames, cfg.shard,
@@ -321,7 +328,7 @@ def _check_inputs(cfg: PredictConfig, chunk_size: int) -> InputSummary:
     return summary
 
 
-def _early_pool(cfg: PredictConfig, plan: RunPlan) -> Pool | None:
+def _early_pool(cfg: PredictConfig, chunk_size: int, paths: dict[str, str]) -> Pool | None:
     """Start the workers before the input check, so their models load meanwhile: with the
     plan an unfinished run here recorded, if any (the check then confirms it is this run).
     Not for the Ray engine, nor when the directory holds a finished run (nothing may need
@@ -332,8 +339,8 @@ def _early_pool(cfg: PredictConfig, plan: RunPlan) -> Pool | None:
                                          and outputs.predict_paths(out)["run"].exists()):
         return None
     recorded = plan_from_record((state or {}).get("plan"))
-    job_specs = _specs(cfg, plan, recorded)
-    pool = start_pool(Job(job_specs, cfg.runtime.request(), units_home(cfg)))
+    specs = _specs(cfg, chunk_size, paths, recorded)
+    pool = start_pool(Job(specs, cfg.runtime.request(), units_home(cfg)))
     pool.begin(cfg.runtime.request(), recorded)
     return pool
 
@@ -343,9 +350,8 @@ def _run_locked(cfg: PredictConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     models = resolve_models(cfg.runtime, cfg.classifier, cfg.model_type)
-    chunk_size = cfg.chunk_size or _trained_chunk_size(models["classifier"].path) \
-        or cfg.model_type
-    pool = _early_pool(cfg, RunPlan(chunk_size, {}, [], {}, "", "", model_paths(models)))
+    chunk_size = run_chunk_size(cfg, models)
+    pool = _early_pool(cfg, chunk_size, model_paths(models))
     try:
         summary = _check_inputs(cfg, chunk_size)
         plan = plan_run(cfg, models, summary)
