@@ -107,6 +107,19 @@ def test_a_split_record_renders_the_bytes_of_the_whole_one():
         c.seq for u, _ in split for rf in piece_frames(u.pieces, 500) for c in rf.chunks]
 
 
+def _started(args: list[str], out: Path, units: int, **popen: object) -> subprocess.Popen:
+    """`virnucpro ARGS` in a subprocess, returned once `units` units of its run are saved in
+    `out` (and it is still running)."""
+    proc = subprocess.Popen([sys.executable, "-m", "virnucpro", *args], **popen)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((out / ".virnucpro" / "units").glob("[0-9]*.npz"))) >= units:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    return proc
+
+
 # ------------------------------------------------------------------ a multi-Mbp record
 def _rows(path: Path) -> list[list[str]]:
     return [line.split("\t") for line in path.read_text().splitlines()[1:]]
@@ -163,14 +176,8 @@ def test_a_split_record_is_byte_identical_over_workers_resume_and_shards(tiny_mo
     assert predict_results(merged) == predict_results(big["split"])
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "virnucpro", *predict_args(tiny_models, [inp], killed, *common)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(list((killed / ".virnucpro" / "units").glob("[0-9]*.npz"))) >= 3:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    proc = _started(predict_args(tiny_models, [inp], killed, *common), killed, 3,
+                    stderr=subprocess.DEVNULL)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert main(predict_args(tiny_models, [inp], killed, *common)) == 0
@@ -235,14 +242,8 @@ def test_sigterm_stops_with_143_and_one_line_and_the_run_resumes(tiny_models, tm
     common = ("--device", "cpu", "--threads", "1", "--unit-frames", "24")
     clean, out = tmp_path / "clean", tmp_path / "out"
     assert main(predict_args(tiny_models, [inp], clean, *common)) == 0
-    cmd = [sys.executable, "-m", "virnucpro", *predict_args(tiny_models, [inp], out, *common)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(list((out / ".virnucpro" / "units").glob("[0-9]*.npz"))) >= 2:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc = _started(predict_args(tiny_models, [inp], out, *common), out, 2,
+                    stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
@@ -261,15 +262,8 @@ def test_a_killed_run_uses_no_shared_memory_and_its_workers_exit(tiny_models, tm
         pytest.skip("needs Linux /proc")
     inp = orf_rich_fasta(tmp_path / "in.fa", 40)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "virnucpro", *predict_args(
-        tiny_models, [inp], out, "--device", "cpu", "--workers", "2", "--unit-frames", "24")]
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if list((out / ".virnucpro" / "units").glob("[0-9]*.npz")):
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None
+    proc = _started(predict_args(tiny_models, [inp], out, "--device", "cpu", "--workers", "2",
+                                 "--unit-frames", "24"), out, 1, stderr=subprocess.DEVNULL)
     family = _family(proc.pid)
     assert len(family) == 3, "the parent and its two workers"
     assert not [m for pid in family for m in _shm_maps(pid)]
