@@ -4,9 +4,11 @@ being measured) sees what it would see from real workers.
 
 It speaks the real worker protocol (`virnucpro.runtime.serve.serve`), is started by the real
 engine as `python -m virnucpro.runtime.serve stand_in:StandIn`, and imports no torch. The
-per-frame CPU work that real workers do (translation, rendering) runs on the workers' own
-cores in a real deployment; here it is approximated by a few string operations per record,
-so that 64 stand-ins fit on a 2-core machine and the figures measure the parent alone.
+per-frame CPU work that real workers do (parsing, translation, rendering, the saved unit's
+file) runs on the workers' own cores in a real deployment; here the stand-in parses its unit
+and makes the saved file as a worker does, and approximates the rest by a few string
+operations per record, so that 64 stand-ins fit on a 2-core machine and the figures measure
+the parent.
 
 Its rates arrive in the spec's `dnabert_dir` field (a benchmark has no model directories):
 "stand-in:FRAMES_PER_CHUNK:ESM_TOKENS_PER_FRAME:DNABERT_TOKENS_PER_FRAME:ESM_RATE:DNA_RATE".
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import time
 import zlib
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from virnucpro.render import Rendered
 from virnucpro.runtime.protocol import RecordUnit, UnitResult, WorkerSpec
+from virnucpro.runtime.units import text_pieces, unit_file
 
 # ESM-2 3B at the 65% MFU goal on one H200: 0.65 x 989 TFLOP/s (bf16 dense) over
 # 2 x 2.84 GFLOP per token (two FLOPs per parameter) = 113,000 tokens/s.
@@ -82,7 +86,9 @@ class StandIn:
         out = Rendered()
         predictions, chunks, sequences = [], [], []
         n_frames = 0
-        for p in unit.pieces:
+        assert self.spec.render is not None
+        pieces = text_pieces(unit, self.spec.render.chunk_size)  # parsed, as a worker does
+        for p in pieces:
             for c in range(p.first, p.stop):
                 cid = f"{p.id}_chunk_{c + 1}"
                 k = frames_for(cid, self.frames_per_chunk)
@@ -96,11 +102,12 @@ class StandIn:
                                  "not_virus\t\n")
         out.texts.update(predictions="".join(predictions), chunks="".join(chunks),
                          sequences="".join(sequences))
-        out.counts.update(sequences=len(unit.pieces), frames=n_frames)
+        out.counts.update(sequences=len(pieces), frames=n_frames)
         seconds = {"dnabert": n_frames * self.dna / self.dna_rate,
                    "esm": n_frames * self.esm / self.esm_rate}
         time.sleep(max(0.0, sum(seconds.values()) - (time.perf_counter() - t0)))
         scores = np.full((n_frames, 2), 0.5, np.float32)
-        return UnitResult(unit.index, scores, None, seconds,
-                          {"dnabert": n_frames * self.dna, "esm": n_frames * self.esm},
-                          self.spec.device, None, out)
+        result = UnitResult(unit.index, scores, None, seconds,
+                            {"dnabert": n_frames * self.dna, "esm": n_frames * self.esm},
+                            self.spec.device, None, out)
+        return replace(result, saved=unit_file(unit, result))  # as a worker saves it

@@ -162,12 +162,13 @@ def digest_path(path: Path) -> Path:
     return Path(path).with_name(Path(path).name + DIGEST_SUFFIX)
 
 
-def write_digest(path: Path) -> None:
+def write_digest(path: Path, digest: str | None = None) -> None:
     """Record the sha256 of `path`'s bytes beside it (written after the file, atomically), so
-    a later reader can tell a file that is whole from one damaged since (`digest_problem`)."""
+    a later reader can tell a file that is whole from one damaged since (`digest_problem`).
+    `digest`: that sha256, when the writer of the file already has it."""
     path = Path(path)
     try:
-        digest = sha256_file(path)
+        digest = digest or sha256_file(path)
     except OSError as exc:
         raise os_error(path, exc, "cannot read") from None
     with atomic_write(digest_path(path)) as fh:
@@ -236,8 +237,9 @@ class ExternalSort:
         self._runs: list[Path] = []
         self._n_runs = 0
 
-    def add(self, line: str) -> None:
-        self._lines.append(line)
+    def add(self, lines: Iterable[str]) -> None:
+        """Add lines (each with its line end)."""
+        self._lines.extend(lines)
         if len(self._lines) >= self.run_lines:
             self._spill()
 
@@ -255,6 +257,10 @@ class ExternalSort:
 
     def write_sorted(self, fh: TextIO) -> None:
         """Write every line added, sorted, to `fh`; the runs on disk are deleted."""
+        if not self._runs:  # all in memory: no run to merge
+            fh.writelines(sorted(self._lines))
+            self._lines = []
+            return
         self._spill()
         runs = self._runs
         while len(runs) > self.fan_in:  # keep the number of open files bounded

@@ -7,7 +7,6 @@ Only one record (plus one read block) is held at a time. RNA is read as DNA (U a
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
 import importlib
@@ -26,13 +25,16 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import dnaio
+import numpy as np
 import xopen
 
+from virnucpro.blocks import Blocks, Scan
 from virnucpro.errors import InputError
+from virnucpro.input_errors import display, duplicate, fastq_error, looks_binary, one_line
 from virnucpro.seen_ids import SeenIds
 
-__all__ = ["InputSummary", "ReadStats", "Record", "check_inputs", "input_stem", "read_records",
-           "validate_inputs"]
+__all__ = ["InputSummary", "ReadStats", "Record", "check_inputs", "input_stem", "parse_text",
+           "read_blocks", "read_records", "validate_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,24 @@ class _Read(NamedTuple):
     offset: int | None  # bytes of the raw file consumed so far; None unless a regular file
 
 
+class _Block(NamedTuple):
+    """A block of whole records (`blocks.scan`), and where the reader stands in its file."""
+
+    scan: Scan
+    offset: int | None
+
+
+class _Before(NamedTuple):
+    """What a file held before the part the record parser reads (after `Blocks` gave up)."""
+
+    records: int = 0
+    lines: int = 0
+    name: str | None = None  # the last record's id, for messages
+
+
+_NOTHING_BEFORE = _Before()
+
+
 class _Fasta(NamedTuple):
     """What dnaio's FASTA reader builds per record. Its default record class rejects non-ASCII
     before we could name the record and the character."""
@@ -155,6 +175,29 @@ def read_records(paths: Sequence[str], stats: ReadStats | None = None,
     iteration starts, so `bytes_total` is known before the first record arrives.
     `ids_checked`: the ids were checked by `validate_inputs` over these very bytes (every
     input a regular file), so the record-id set is not kept again."""
+    for item in _read(paths, stats, ids_checked, blocks=False):
+        assert isinstance(item, Record)
+        yield item
+
+
+def read_blocks(paths: Sequence[str], stats: ReadStats | None = None,
+                ids_checked: bool = False) -> Iterator[Record | Scan]:
+    """`read_records`, with whole blocks of plain records (`blocks.Scan`) in place of their
+    records wherever `blocks.scan` takes them: a run's parent never parses those records,
+    its workers do (`parse_text`)."""
+    return _read(paths, stats, ids_checked, blocks=True)
+
+
+def parse_text(data: bytes, fasta: bool, source: str, first: int = 1) -> list[Record]:
+    """The records of whole FASTA/FASTQ text (a `Scan`'s, or part of it) whose first record
+    is number `first` of `source`."""
+    stream = io.BufferedReader(io.BytesIO(data))  # type: ignore[arg-type]
+    return [rec for rec, _ in _parse(stream, fasta, display(source), source,
+                                     _Before(first - 1))]
+
+
+def _read(paths: Sequence[str], stats: ReadStats | None, ids_checked: bool,
+          blocks: bool) -> Iterator[Record | Scan]:
     check_inputs(paths)
     regular = _regular_sizes(paths)
     sizes = [size or 0 for size in regular]
@@ -162,12 +205,17 @@ def read_records(paths: Sequence[str], stats: ReadStats | None = None,
     stats = ReadStats() if stats is None else stats
     stats.rna_records, stats.bytes_done = 0, 0
     stats.bytes_total = None if None in regular else starts[-1]
-    for file_no, read in _checked(paths, check_ids=not ids_checked):
-        if read.rna:
-            _count_rna(stats, paths[file_no], read)
+    for file_no, read in _checked(paths, check_ids=not ids_checked, blocks=blocks):
+        if isinstance(read, _Block):
+            if len(read.scan.rna):
+                first = int(read.scan.rna[0])
+                _count_rna(stats, paths[file_no], read.scan.first + first,
+                           read.scan.ids()[first].decode(), len(read.scan.rna))
+        elif read.rna:
+            _count_rna(stats, paths[file_no], read.number, read.record.id)
         if read.offset is not None:  # a file may grow while we read it: stay monotonic
             stats.bytes_done = starts[file_no] + min(read.offset, sizes[file_no])
-        yield read.record
+        yield read.scan if isinstance(read, _Block) else read.record
     stats.bytes_done = starts[-1]  # the parser reads each file to its end
 
 
@@ -185,13 +233,14 @@ def validate_inputs(paths: Sequence[str], chunk_size: int | None = None) -> Inpu
     records = bases = rna = chunks = 0
     skip = {i for i, size in enumerate(sizes) if size is None}
     digests = {i: hashlib.sha256() for i in range(len(paths)) if i not in skip}
-    for _, read in _checked(paths, skip, digests):
-        n = len(read.record.seq)
-        records += 1
-        bases += n
-        rna += read.rna
-        if chunk_size and n:
-            chunks += -(-n // chunk_size)
+    for _, read in _checked(paths, skip, digests, blocks=True):
+        lengths = (read.scan.lengths if isinstance(read, _Block)
+                   else np.array([len(read.record.seq)]))
+        records += len(lengths)
+        bases += int(lengths.sum())
+        rna += len(read.scan.rna) if isinstance(read, _Block) else read.rna
+        if chunk_size:
+            chunks += int((-(-lengths // chunk_size)).sum())
     regular = [size for size in sizes if size is not None]
     return InputSummary(files=len(regular), records=records, bases=bases, bytes=sum(regular),
                         rna_records=rna, chunks=chunks,
@@ -200,36 +249,37 @@ def validate_inputs(paths: Sequence[str], chunk_size: int | None = None) -> Inpu
 
 
 def _checked(paths: Sequence[str], skip: Container[int] = (),
-             digests: dict[int, Any] | None = None,
-             check_ids: bool = True) -> Iterator[tuple[int, _Read]]:
-    """The checked records of `paths`, except the files numbered in `skip`, with the index of
-    their file; ids must be unique across all files (unless `check_ids` is False: the caller
-    checked them in an earlier read of the same bytes). `digests`: hashes that each file's
-    raw bytes are fed into, by file index."""
+             digests: dict[int, Any] | None = None, check_ids: bool = True,
+             blocks: bool = False) -> Iterator[tuple[int, _Read | _Block]]:
+    """The checked records of `paths` (or their blocks, see `read_blocks`), except the files
+    numbered in `skip`, with the index of their file; ids must be unique across all files
+    (unless `check_ids` is False: the caller checked them in an earlier read of the same
+    bytes). `digests`: hashes that each file's raw bytes are fed into, by file index."""
     seen = SeenIds() if check_ids else None
     for file_no, path in enumerate(paths):
         if file_no in skip:
             continue
         number = 0
-        for read in _read_file(path, (digests or {}).get(file_no)):
-            number = read.number
-            if seen is not None:  # (file, record) in an int
-                repeat = seen.add(read.record.id, file_no << 40 | number)
-                if repeat is not None:
-                    raise _duplicate(paths, *repeat)
+        for read in _read_file(path, (digests or {}).get(file_no), blocks):
+            if isinstance(read, _Block):
+                first, number = read.scan.first, read.scan.first + len(read.scan) - 1
+                if seen is not None:  # (file, record) in an int
+                    places = file_no << 40 | np.arange(first, number + 1, dtype=np.int64)
+                    repeat = seen.add_many(read.scan.ids(), places)
+                    if repeat is not None:
+                        raise duplicate(paths, *repeat)
+            else:
+                number = read.number
+                if seen is not None:
+                    repeat = seen.add(read.record.id, file_no << 40 | number)
+                    if repeat is not None:
+                        raise duplicate(paths, *repeat)
             yield file_no, read
         if number == 0:
-            raise InputError(f"{_display(path)}: no sequence records found")
+            raise InputError(f"{display(path)}: no sequence records found")
     repeat = seen.flush() if seen is not None else None
     if repeat is not None:
-        raise _duplicate(paths, *repeat)
-
-
-def _duplicate(paths: Sequence[str], first: int, repeat: int, rid: str) -> InputError:
-    mask = (1 << 40) - 1
-    return InputError(f"{_display(paths[repeat >> 40])}: record {repeat & mask}: duplicate "
-                      f"record id {rid!r} (first seen in {_display(paths[first >> 40])}, "
-                      f"record {first & mask})")
+        raise duplicate(paths, *repeat)
 
 
 def _regular_sizes(paths: Sequence[str]) -> list[int | None]:
@@ -244,18 +294,21 @@ def _regular_sizes(paths: Sequence[str]) -> list[int | None]:
     return sizes
 
 
-def _count_rna(stats: ReadStats, path: str, read: _Read) -> None:
-    """Count an RNA record; the first one is logged, naming the file and the record."""
-    stats.rna_records += 1
-    if stats.rna_records == 1:
+def _count_rna(stats: ReadStats, path: str, number: int, rid: str, count: int = 1) -> None:
+    """Count `count` RNA records from record `number`; the first of a run is logged, naming
+    the file and the record."""
+    if stats.rna_records == 0:
         log.info("%s: record %d (%r) is RNA: reading U as T and u as t (and in any later RNA "
-                 "record)", _display(path), read.number, read.record.id)
+                 "record)", display(path), number, rid)
+    stats.rna_records += count
 
 
-def _read_file(source: str, digest: Any = None) -> Iterator[_Read]:
-    """Open one input, detect compression and format, and yield its checked records;
-    `digest` (a hashlib object) is fed every raw byte of the file."""
-    path = _display(source)
+def _read_file(source: str, digest: Any = None,
+               blocks: bool = False) -> Iterator[_Read | _Block]:
+    """Open one input, detect compression and format, and yield its checked records (or,
+    with `blocks`, blocks of them wherever `blocks.scan` takes them); `digest` (a hashlib
+    object) is fed every raw byte of the file."""
+    path = display(source)
     file = raw = _open_raw(source)
     regular = source != "-" and stat.S_ISREG(os.fstat(raw.fileno()).st_mode)
     hashing = None if digest is None else _Hashing(file, digest)
@@ -264,16 +317,26 @@ def _read_file(source: str, digest: Any = None) -> Iterator[_Read]:
     try:
         stream = io.BufferedReader(xopen.xopen(raw, "rb", threads=0), _BLOCK)
         fasta = _is_fasta(path, stream)
-        for number, (record, rna) in enumerate(_parse(stream, fasta, path, source), 1):
-            # The position in the raw file under the decompressor: compressed bytes consumed.
-            # tell() is a system call: asked on a file's first record and every 256th.
-            at = raw.tell() if regular and (number == 1 or not number & 255) else None
-            yield _Read(number, record, rna, at)
+        before, rest = _NOTHING_BEFORE, None
+        if blocks:
+            scanned = Blocks(stream, fasta, source)
+            for block in scanned:
+                # The position in the raw file under the decompressor: bytes consumed.
+                yield _Block(block, raw.tell() if regular else None)
+            # What `scan` does not take, the parser reads record by record.
+            rest = scanned.rest()
+            before = _Before(scanned.records, scanned.lines, scanned.last_id())
+        if not blocks or rest is not None:
+            records = _parse(rest if blocks else stream, fasta, path, source, before)
+            for number, (record, rna) in enumerate(records, before.records + 1):
+                # tell() is a system call: asked on a file's first record and every 256th.
+                at = raw.tell() if regular and (number == 1 or not number & 255) else None
+                yield _Read(number, record, rna, at)
         if hashing is not None:
             hashing.drain()  # bytes a decompressor left unread count too
     except _DECOMPRESS_ERRORS as exc:
         raise InputError(
-            f"{path}: cannot read: {_one_line(exc)} (truncated or corrupt file?)"
+            f"{path}: cannot read: {one_line(exc)} (truncated or corrupt file?)"
         ) from None
     finally:
         file.close()  # stdin too: '-' is read once, and dnaio's text wrapper closes it anyway
@@ -307,11 +370,6 @@ class _Hashing(io.RawIOBase):
             self._digest.update(block)
 
 
-def _display(path: str) -> str:
-    """How messages name an input."""
-    return "stdin" if path == "-" else path
-
-
 def _open_raw(path: str) -> BinaryIO:
     if path == "-":
         return getattr(sys.stdin, "buffer", sys.stdin)
@@ -334,82 +392,33 @@ def _is_fasta(path: str, stream: io.BufferedReader) -> bool:
         return first == b">"
     if not first:
         raise InputError(f"{path}: empty file (no sequence records)")
-    kind = "binary file" if _looks_binary(head) else f"starts with {first.decode('latin-1')!r}"
+    kind = "binary file" if looks_binary(head) else f"starts with {first.decode('latin-1')!r}"
     raise InputError(f"{path}: not a FASTA or FASTQ file ({kind})")
 
 
-def _looks_binary(data: bytes) -> bool:
-    sample = data[:4096]
-    return b"\x00" in sample or sum(b > 126 or (b < 32 and b not in b"\t\n\r\x0b\x0c")
-                                    for b in sample) > len(sample) // 10
-
-
-def _parse(stream: BinaryIO, fasta: bool, path: str,
-           source: str) -> Iterator[tuple[Record, bool]]:
-    """Yield the checked records of a decompressed FASTA or FASTQ stream."""
-    number, rec = 0, None  # records read so far, and the last one
+def _parse(stream: BinaryIO, fasta: bool, path: str, source: str,
+           before: _Before = _NOTHING_BEFORE) -> Iterator[tuple[Record, bool]]:
+    """Yield the checked records of a decompressed FASTA or FASTQ stream (that starts after
+    what `before` says, for numbers in messages)."""
+    number, rec = before.records, None  # records read so far, and the last one
     try:
         if fasta:
             reader = dnaio.FastaReader(stream, sequence_class=_Fasta)
         else:
             reader = dnaio.FastqReader(stream, buffer_size=_BLOCK)
-        for number, rec in enumerate(reader, 1):
+        for number, rec in enumerate(reader, before.records + 1):
             yield _record(rec.name, rec.sequence, fasta, source, path, number)
     except dnaio.exceptions.FileFormatError as exc:  # carries the line number
         if not fasta:
-            raise InputError(_fastq_error(path, exc, number + 1,
-                                          rec.name if rec is not None else None)) from None
+            line = None if exc.line is None else exc.line + before.lines
+            raise InputError(fastq_error(path, exc.message, line, number + 1,
+                                          rec.name if rec is not None else before.name)) \
+                from None
         raise InputError(f"{path}: invalid FASTA in record {number + 1} or later: "
-                         f"{_one_line(exc)}") from None
+                         f"{one_line(exc)}") from None
     except UnicodeDecodeError as exc:  # dnaio decodes FASTA as text, a block at a time
         raise InputError(f"{path}: not UTF-8 text in record {number + 1} or later (byte "
                          f"0x{exc.object[exc.start]:02x}; binary file?)") from None
-
-
-_FASTQ_TRUNCATED = "Premature end of file encountered. The incomplete final record was: "
-_FASTQ_DESCRIPTIONS = re.compile(r"Sequence descriptions don't match \('(.*?)' != ")
-_EXCERPT_CHARS = 30  # per line of a record quoted in a message
-
-
-def _fastq_error(path: str, exc: dnaio.exceptions.FileFormatError, number: int,
-                 previous: str | None) -> str:
-    """One line for a FASTQ format error in record `number` (exact: dnaio raises it before
-    yielding that record): the record's id where the error shows it (else the previous
-    record's, to find it by), and a short excerpt of a truncated record rather than dnaio's
-    500-character dump with escaped line ends."""
-    where = f"invalid FASTQ at line {exc.line + 1}" if exc.line is not None else "invalid FASTQ"
-    if exc.message.startswith(_FASTQ_TRUNCATED):
-        lines = _quoted_text(exc.message[len(_FASTQ_TRUNCATED):]).split("\n")
-        excerpt = ", ".join(repr(_shorten(line)) for line in lines[:4] if line)
-        return (f"{path}: record {number}{_record_label(lines[0][1:], previous)}: {where}: "
-                f"the file ends inside this record (truncated file?); it reads {excerpt}")
-    message = " ".join(exc.message.split())
-    described = _FASTQ_DESCRIPTIONS.match(message)
-    label = _record_label(described.group(1) if described else "", previous)
-    return f"{path}: record {number}{label}: {where}: {message}"
-
-
-def _record_label(header: str, previous: str | None) -> str:
-    """' ({id!r})' from a header, else ' (after {previous id!r})', else ''."""
-    words = header.split(maxsplit=1)
-    if words:
-        return f" ({words[0]!r})"
-    after = previous.split(maxsplit=1) if previous else []
-    return f" (after {after[0]!r})" if after else ""
-
-
-def _quoted_text(text: str) -> str:
-    """The string a Python repr spells (dnaio quotes the record so), or `text` itself."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-    return value if isinstance(value, str) else text
-
-
-def _shorten(text: str) -> str:
-    text = text.removesuffix("...")  # dnaio's own cut, after 500 characters
-    return text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS - 3] + "..."
 
 
 def _record(header: str, seq: str, fasta: bool, source: str, path: str,
@@ -436,5 +445,3 @@ def _record(header: str, seq: str, fasta: bool, source: str, path: str,
     return Record(id=words[0], header=header, seq=seq, source=source), rna
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

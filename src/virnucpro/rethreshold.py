@@ -26,7 +26,7 @@ from virnucpro.frames import piece_frames
 from virnucpro.reader import ReadStats
 from virnucpro.render import render_unit
 from virnucpro.runtime.protocol import Render
-from virnucpro.runtime.units import UnitStream
+from virnucpro.runtime.units import UnitStream, text_pieces
 from virnucpro.writer import PredictWriter
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,11 @@ def rethreshold(inputs: tuple[str, ...], out_dir: Path, finished: dict[str, Any]
                         ids_checked=True)
     try:
         for unit, record in stream.units(read):
-            records = piece_frames(unit.pieces, render.chunk_size)
+            pieces = text_pieces(unit, render.chunk_size)
+            records = piece_frames(pieces, render.chunk_size)
             ids = tuple(f.id for rf in records for fs in rf.frames for f in fs)
             scores = _take(rows, ids, paths["predictions"])
-            writer.add(render_unit(records, unit.pieces, scores, render.threshold,
+            writer.add(render_unit(records, pieces, scores, render.threshold,
                                    render.regions, render.chunk_size), record)
         if next(rows, None) is not None:
             raise OutputError(f"{paths['predictions']}: holds more frames than the inputs; "

@@ -42,6 +42,7 @@ from virnucpro.runtime.units import (
     UnitDamaged,
     UnitStream,
     load_unit,
+    text_pieces,
     unit_path,
 )
 from virnucpro.writer import PredictWriter
@@ -292,7 +293,8 @@ def _write_merged(shards: Sequence[Shard], inputs: tuple[str, ...], out_dir: Pat
         for shard, unit, record in _owned_units(shards, stream.units(read)):
             # Rendered again from the saved scores: a shard may have been re-thresholded.
             result = _load(shard, unit, features)
-            rendered = render_unit(piece_frames(unit.pieces, render.chunk_size), unit.pieces,
+            pieces = text_pieces(unit, render.chunk_size)
+            rendered = render_unit(piece_frames(pieces, render.chunk_size), pieces,
                                    result.scores, render.threshold, render.regions,
                                    render.chunk_size, features)
             writer.add(rendered, record, result.embeddings)

@@ -19,6 +19,7 @@ compile choice), `measure`, `go` (the settled Settings), `unit` (a unit to score
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -124,11 +125,17 @@ class Piece:
 class RecordUnit:
     """A predict work unit: consecutive records, or parts of one long record, holding at most
     `--unit-frames` frames (six per chunk). The worker chunks, translates, scores and renders
-    them."""
+    them. Whole records usually travel as their input text (`text`, parsed by the worker:
+    `reader.parse_text`), else as pieces the parent parsed."""
 
     index: int
-    pieces: tuple[Piece, ...]
+    pieces: tuple[Piece, ...]  # parsed by the parent: the last part of a split record first
     n_chunks: int
+    text: bytes = b""  # then whole records of `source` as in the input (FASTA or FASTQ)
+    fasta: bool = True
+    source: str = ""
+    first: int = 0  # the number of the text's first record in its file
+    bases: int = 0  # bases the text holds
 
     @property
     def work(self) -> int:
@@ -138,13 +145,19 @@ class RecordUnit:
     @property
     def cost(self) -> int:
         """Bases: a proxy for compute, used to balance shards."""
-        return sum(len(p.seq) for p in self.pieces)
+        return sum(len(p.seq) for p in self.pieces) + self.bases
 
     def key(self) -> str:
         """Names the unit's content, to check a saved unit against the input."""
-        first, last = self.pieces[0], self.pieces[-1]
-        return (f"{len(self.pieces)}:{first.id}:{first.first}:{last.id}:{last.stop}:"
-                f"{self.cost}")
+        keys = []
+        if self.pieces:
+            first, last = self.pieces[0], self.pieces[-1]
+            keys.append(f"{len(self.pieces)}:{first.id}:{first.first}:{last.id}:{last.stop}:"
+                        f"{sum(len(p.seq) for p in self.pieces)}")
+        if self.text:
+            keys.append(f"text:{self.first}:{len(self.text)}:{self.n_chunks}:{self.bases}:"
+                        f"{zlib.crc32(self.text):08x}")
+        return "|".join(keys)
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,7 @@ class UnitResult:
     worker: str = ""  # the device that scored it; "" when loaded from an earlier run
     peak_memory: int | None = None  # bytes the device's allocator peaked at so far (CUDA)
     rendered: Any = None  # render.Rendered of a RecordUnit: the unit's output rows
+    saved: bytes | None = None  # the unit's file as `units.save_unit` writes it (a worker's)
 
     @property
     def n_frames(self) -> int:

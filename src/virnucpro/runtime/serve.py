@@ -1,10 +1,11 @@
 """A worker process's side of the protocol (`protocol.py`), whatever computes the scores.
 
 `serve` runs in the child: it settles the run with the parent, then takes units until told
-to stop. A predict unit (`RecordUnit`) is chunked, translated, scored and rendered here
-(`process_unit`), so the parent only appends text. The scoring itself is a backend's: the
-torch models (`worker.TorchBackend`), or a benchmark's stand-in that sleeps as long as a GPU
-would compute. No torch here, so a stand-in worker starts in a blink.
+to stop. A predict unit (`RecordUnit`) is parsed, chunked, translated, scored and rendered
+here, and its saved file made (`process_unit`), so the parent only appends and writes bytes.
+The scoring itself is a backend's: the torch models (`worker.TorchBackend`), or a
+benchmark's stand-in that sleeps as long as a GPU would compute. No torch here, so a
+stand-in worker starts in a blink.
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ def process_unit(backend: Backend, spec: WorkerSpec, unit: Any) -> UnitResult:
         return backend.score(unit)
     from virnucpro.frames import piece_frames
     from virnucpro.render import render_unit
+    from virnucpro.runtime.units import text_pieces, unit_file
 
     render = spec.render
     assert render is not None, "a predict unit needs the run's render settings"
     t0 = time.perf_counter()
-    records = piece_frames(unit.pieces, render.chunk_size)
+    pieces = text_pieces(unit, render.chunk_size)
+    records = piece_frames(pieces, render.chunk_size)
     frames = [f for rf in records for fs in rf.frames for f in fs]
     t1 = time.perf_counter()
     if frames:
@@ -68,10 +71,12 @@ def process_unit(backend: Backend, spec: WorkerSpec, unit: Any) -> UnitResult:
     else:  # rendered all the same, and saved: merge and resume find every unit
         result = replace(empty_result(unit.index), worker=spec.device)
     t2 = time.perf_counter()
-    rendered = render_unit(records, unit.pieces, result.scores, render.threshold,
+    rendered = render_unit(records, pieces, result.scores, render.threshold,
                            render.regions, render.chunk_size, render.save_embeddings)
+    result = replace(result, rendered=rendered)
+    result = replace(result, saved=unit_file(unit, result))
     seconds = {"translate": t1 - t0, **result.seconds, "render": time.perf_counter() - t2}
-    return replace(result, rendered=rendered, seconds=seconds)
+    return replace(result, seconds=seconds)
 
 
 def serve(make_backend: Callable[[WorkerSpec], Backend], fds: list[str]) -> None:

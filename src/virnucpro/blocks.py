@@ -1,0 +1,223 @@
+"""Whole blocks of FASTA/FASTQ records, scanned with numpy instead of record by record.
+
+A run's parent reads every input twice (the input check, then the run) and must stay light
+enough for one core to feed many GPUs, so it does not parse records one at a time: `Blocks`
+cuts the decompressed text into blocks of whole records (about 1 MiB) and `scan` finds each
+block's records, their lengths, and the ones with a U or u, with a few vectorised passes. The
+workers parse the records of the blocks they are sent (`reader.parse_text`).
+
+`scan` only takes plain blocks: ASCII text whose records have an id right after the '>' or '@'
+and only IUPAC codes (and, in FASTA, blanks) in their sequence lines; FASTQ records of four
+lines with a bare '+' line and no CR. A block it cannot take (any mistake in the input, and
+some rare but valid layouts) ends the blocks of that file: `Blocks.rest` then gives the bytes
+from that block on to the record-by-record parser, which reads valid input the same way and
+names the file, the record and the mistake in any other.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+BLOCK = 1 << 18  # bytes read at a time; a block holds at least one whole record
+IUPAC = b"ACGTURYSWKMBDHVNacgturyswkmbdhvn-"  # as reader._VALID
+_BLANKS = b" \t\r\x0b\x0c"  # dropped from FASTA sequence lines (dnaio drops the CR)
+_SPACE = np.array([10, 13, 32, 9, 11, 12], np.uint8)  # ends a record id
+_SEPARATORS = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")  # whitespace to str.split, not to bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """The whole records of one block, as in the input (plus a final newline if the file
+    lacked one)."""
+
+    data: bytes
+    fasta: bool
+    starts: np.ndarray  # int64 [n + 1]: where each record starts in `data`; len(data) last
+    lengths: np.ndarray  # int64 [n]: bases of each record (blanks and line ends aside)
+    rna: np.ndarray  # indexes of the records with a U or u (read as T or t)
+    heads: np.ndarray  # int64 [n]: where each header line ends ('\n')
+    first: int  # number of its first record in the file, from 1
+    source: str  # the file, as given ('-': stdin)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def ids(self) -> list[bytes]:
+        """Each record's id: its header's first word."""
+        a = np.frombuffer(self.data, np.uint8)
+        space = np.flatnonzero(np.isin(a, _SPACE[1:]))  # not '\n': `heads` caps each id
+        begin = self.starts[:-1] + 1
+        at = np.searchsorted(space, begin)
+        end = np.minimum(np.append(space, len(a))[at], self.heads)
+        return [self.data[s:e] for s, e in zip(begin.tolist(), end.tolist(), strict=True)]
+
+
+def scan(data: bytes, fasta: bool, first: int = 1, source: str = "") -> Scan | None:
+    """The records of `data` (whole records, ending with a newline), or None when the block
+    is not one `scan` takes (see the module note)."""
+    if not data.isascii() or any(c in data for c in _SEPARATORS):
+        return None
+    a = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(a == 10)
+    lines = np.empty_like(ends)
+    lines[0], lines[1:] = 0, ends[:-1] + 1
+    found = _fasta(data, a, lines, ends) if fasta else _fastq(data, a, lines, ends)
+    if found is None:
+        return None
+    starts, heads, regions, seq = found
+    if np.isin(a[starts[:-1] + 1], _SPACE).any():
+        return None  # no id after the '>' or '@': the parser names the record
+    sizes = regions[1] - regions[0]
+    lengths = sizes - _line_ends_within(ends, regions)
+    blanks = seq.translate(None, IUPAC + b"\n")
+    if blanks:
+        if blanks.translate(None, _BLANKS if fasta else b""):
+            return None  # a character no sequence may hold: the parser names it
+        lengths = lengths - _per_region(seq, sizes, _BLANKS)
+    rna = (np.unique(_per_region_hits(seq, sizes, b"Uu")) if (b"U" in seq or b"u" in seq)
+           else np.empty(0, np.int64))
+    return Scan(data, fasta, starts, lengths, rna, heads, first, source)
+
+
+def _line_ends_within(ends: np.ndarray, regions: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """How many line ends ('\n') lie in each region [begin, end)."""
+    return np.searchsorted(ends, regions[1]) - np.searchsorted(ends, regions[0])
+
+
+def _fasta(data: bytes, a: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> tuple | None:
+    """Record starts, header ends, sequence regions and their bytes, of a FASTA block."""
+    head = np.flatnonzero(a[lines] == 62)  # the header lines ('>')
+    if not len(head) or head[0] != 0:
+        return None
+    starts = np.append(lines[head], len(data))
+    heads = ends[head]
+    regions = (heads + 1, starts[1:])
+    seq = b"".join(data[s:e] for s, e in zip(regions[0].tolist(), regions[1].tolist(),
+                                                strict=True))
+    return starts, heads, regions, seq
+
+
+def _fastq(data: bytes, a: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> tuple | None:
+    """The same for a FASTQ block: records of four lines, '@' header, bare '+' line, as many
+    qualities as bases, no CR."""
+    if len(ends) % 4 or b"\r" in data:
+        return None
+    head, seq_at, plus, qual = lines[0::4], lines[1::4], lines[2::4], lines[3::4]
+    seq_end, qual_end = ends[1::4], ends[3::4]
+    if not ((a[head] == 64).all() and (a[plus] == 43).all() and (ends[2::4] == plus + 1).all()
+            and (seq_end - seq_at == qual_end - qual).all()):
+        return None
+    regions = (seq_at, seq_end + 1)  # the sequence line and its line end
+    seq = b"".join(data[s:e] for s, e in zip(regions[0].tolist(), regions[1].tolist(),
+                                                strict=True))
+    if seq.translate(None, IUPAC + b"\n"):
+        return None  # blanks too: FASTQ sequences may not hold them
+    return np.append(head, len(data)), ends[0::4], regions, seq
+
+
+def _per_region_hits(seq: bytes, sizes: np.ndarray, chars: bytes) -> np.ndarray:
+    """For each byte of `chars` in `seq` (the regions' bytes, joined), its region's index."""
+    s = np.frombuffer(seq, np.uint8)
+    hits = np.flatnonzero(np.isin(s, np.frombuffer(chars, np.uint8)))
+    return np.searchsorted(np.cumsum(sizes), hits, side="right")
+
+
+def _per_region(seq: bytes, sizes: np.ndarray, chars: bytes) -> np.ndarray:
+    """How many bytes of `chars` each region holds."""
+    return np.bincount(_per_region_hits(seq, sizes, chars), minlength=len(sizes))
+
+
+class Blocks:
+    """The scanned blocks of one decompressed stream, until the first one `scan` does not
+    take; then `rest` is the stream from that block on, and `records` and `lines` say how
+    many records and lines came before it."""
+
+    def __init__(self, stream: BinaryIO, fasta: bool, source: str = "",
+                 size: int = BLOCK) -> None:
+        self.stream, self.fasta, self.source, self.size = stream, fasta, source, size
+        self.records = self.lines = 0
+        self._last: Scan | None = None
+        self._left = b""  # read, not yet scanned
+        self._done = False  # the stream was read to its end
+        self._added = False  # a newline was added to the file's last line
+
+    def __iter__(self) -> Iterator[Scan]:
+        while not self._done:
+            data = self._next_block()
+            if data is None:
+                return
+            block = scan(data, self.fasta, self.records + 1, self.source)
+            if block is None:  # from here on, the parser's
+                self._left = (data[:-1] if self._added else data) + self._left
+                return
+            self.records += len(block)
+            self.lines += data.count(b"\n")
+            self._last = block
+            yield block
+
+    def last_id(self) -> str | None:
+        """The id of the last record scanned (None: none was)."""
+        return None if self._last is None else self._last.ids()[-1].decode()
+
+    def rest(self) -> BinaryIO | None:
+        """What is left to parse record by record (None: nothing)."""
+        if self._done and not self._left:
+            return None
+        return io.BufferedReader(_Chained(self._left, self.stream), BLOCK)  # type: ignore[arg-type]
+
+    def _next_block(self) -> bytes | None:
+        """The next whole records; None at the end (or when the text is not as expected)."""
+        parts, size = [self._left], self.size
+        marker = b"\n>" if self.fasta else None
+        while True:
+            more = self.stream.read(size)
+            if more:
+                parts.append(more)
+            buf = b"".join(parts) if len(parts) > 1 else parts[0]
+            parts = [buf]
+            if not buf:
+                self._done = True
+                return None
+            if not more:  # the end of the stream: whatever is left is whole records
+                self._done, self._left = True, b""
+                self._added = not buf.endswith(b"\n")
+                return buf + b"\n" if self._added else buf
+            cut = buf.rfind(marker) + 1 if marker else _fastq_cut(buf)
+            if cut > 0:
+                self._left = buf[cut:]
+                return buf[:cut]
+            size *= 2  # one record longer than what was read: read more at once
+
+
+def _fastq_cut(buf: bytes) -> int:
+    """Where the last whole FASTQ record of `buf` ends (0: none does): after the 4k-th line."""
+    lines = buf.count(b"\n")
+    if lines < 4:
+        return 0
+    cut = len(buf)
+    for _ in range(lines % 4 + 1):  # back over the lines of an unfinished record
+        cut = buf.rfind(b"\n", 0, cut)
+    return cut + 1
+
+
+class _Chained(io.RawIOBase):
+    """Bytes already read, then the rest of a stream."""
+
+    def __init__(self, head: bytes, tail: BinaryIO) -> None:
+        self._head, self._tail = memoryview(head), tail
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._tail.readinto(buffer)  # type: ignore[attr-defined]
