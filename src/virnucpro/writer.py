@@ -78,8 +78,7 @@ class PredictWriter:
                     add_tail(self._total, tail)
             for role in TEXT_ROLES:
                 self._fh[role].write(rendered.texts[role])
-            for line in rendered.highest:
-                self._highest.add(line)
+            self._highest.add(rendered.highest)
             self._total.histogram[:] = [a + b for a, b in zip(self._total.histogram,
                                                               rendered.histogram, strict=True)]
             add_counts(self._total.counts, rendered.counts)
