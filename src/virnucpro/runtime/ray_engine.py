@@ -18,6 +18,7 @@ engine runs (`pip install 'virnucpro[ray]'`).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from virnucpro.runtime.units import load_unit, save_unit
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 IN_FLIGHT_PER_ACTOR = 2  # units sent to an actor before its first result comes back
+WINDOW_PER_ACTOR = 4  # units handed out and not yet written, per actor
 
 
 def _import_ray() -> Any:
@@ -171,40 +173,45 @@ def _cause(exc: BaseException) -> VirnucproError:
 
 def _results(ray: Any, actors: list[Any], job: Job, units: Iterable[tuple[Any, T]],
              ) -> Iterator[tuple[Any, T, UnitResult, bool]]:
-    """(unit, payload, result, scored now) in unit order, with at most
-    IN_FLIGHT_PER_ACTOR units per actor in flight; each unit goes to the least busy actor."""
-    busy = dict.fromkeys(range(len(actors)), 0)
-    flight: list[tuple[Any, T, Any, int]] = []  # future is None: result is ready
-    limit = IN_FLIGHT_PER_ACTOR * len(actors)
+    """(unit, payload, result, scored now) in unit order. Each actor holds at most
+    IN_FLIGHT_PER_ACTOR units, and gets the next one as soon as one of its own is done
+    (`ray.wait`), whatever unit the writer waits for; results wait their turn in a window of
+    at most WINDOW_PER_ACTOR units per actor (as the local engine's)."""
+    credits = dict.fromkeys(range(len(actors)), IN_FLIGHT_PER_ACTOR)
+    order: deque[tuple[Any, T, Any]] = deque()  # units handed out, in unit order
+    running: dict[Any, int] = {}  # unfinished futures and their actor
+    window = WINDOW_PER_ACTOR * len(actors)
     it = iter(units)
     exhausted = False
-    while flight or not exhausted:
-        while not exhausted and sum(1 for f in flight if f[3] >= 0) < limit:
+    while order or not exhausted:
+        while not exhausted and len(order) < window and max(credits.values()) > 0:
             item = next(it, None)
             if item is None:
                 exhausted = True
                 break
             unit, payload = item
+            future = None
             if _needs_scoring(unit) and unit.index not in job.done:
-                k = min(busy, key=busy.__getitem__)
-                busy[k] += 1
-                flight.append((unit, payload, actors[k].score.remote(unit), k))
-            else:
-                flight.append((unit, payload, None, -1))
-        if not flight:
-            break
-        unit, payload, future, k = flight.pop(0)
-        if future is None:
-            result = (load_unit(job.home, unit, need_features=job.need_features)
-                      if _needs_scoring(unit) else empty_result(unit.index))
-            yield unit, payload, result, False
-            continue
-        try:
-            result = ray.get(future)
-        except Exception as exc:  # Ray wraps whatever failed in an actor
-            raise _cause(exc) from None
-        busy[k] -= 1
-        yield unit, payload, result, True
+                k = max(credits, key=credits.__getitem__)
+                credits[k] -= 1
+                future = actors[k].score.remote(unit)
+                running[future] = k
+            order.append((unit, payload, future))
+        while order and (order[0][2] is None or order[0][2] not in running):
+            unit, payload, future = order.popleft()
+            if future is None:
+                yield unit, payload, (load_unit(job.home, unit, need_features=job.need_features)
+                                      if _needs_scoring(unit) else empty_result(unit.index)), False
+                continue
+            try:
+                result = ray.get(future)
+            except Exception as exc:  # Ray wraps whatever failed in an actor
+                raise _cause(exc) from None
+            yield unit, payload, result, True
+        if running and (not order or order[0][2] in running):
+            finished, _ = ray.wait(list(running), num_returns=1)
+            for future in finished:
+                credits[running.pop(future)] += 1
 
 
 def _needs_scoring(unit: Any) -> bool:
