@@ -10,9 +10,10 @@ record units, the pipes, N worker processes, results consumed in unit order into
 `writer.PredictWriter`, every unit saved for resume) with N stand-in devices
 (`stand_in.StandIn`): each sleeps as long as an H200 would compute, with ESM-2 3B at the 65%
 MFU goal (113,000 tokens/s) and DNABERT-S at 495,000 tokens/s, and returns rows of the real
-layout. The per-frame CPU work of real workers (translation, rendering) runs on their own cores
-in a deployment; the stand-ins skip it, so 64 of them fit on this machine and the figures
-measure the parent alone.
+layout. The per-frame CPU work of real workers runs on their own cores in a deployment; the
+stand-ins parse their unit's text and write its saved file as a worker does, but skip
+translation and rendering, so that 64 of them fit on this machine and the figures measure
+the parent.
 
 The input is 150 bp reads (stop-free in their first frame) cut as `-m 300` does; the
 stand-ins keep as many frames per chunk, and as many tokens per frame, as the real translation

@@ -97,9 +97,7 @@ def _fasta(data: bytes, a: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> t
     starts = np.append(lines[head], len(data))
     heads = ends[head]
     regions = (heads + 1, starts[1:])
-    seq = b"".join(data[s:e] for s, e in zip(regions[0].tolist(), regions[1].tolist(),
-                                                strict=True))
-    return starts, heads, regions, seq
+    return starts, heads, regions, _joined(data, regions)
 
 
 def _fastq(data: bytes, a: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> tuple | None:
@@ -113,11 +111,16 @@ def _fastq(data: bytes, a: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> t
             and (seq_end - seq_at == qual_end - qual).all()):
         return None
     regions = (seq_at, seq_end + 1)  # the sequence line and its line end
-    seq = b"".join(data[s:e] for s, e in zip(regions[0].tolist(), regions[1].tolist(),
-                                                strict=True))
+    seq = _joined(data, regions)
     if seq.translate(None, IUPAC + b"\n"):
         return None  # blanks too: FASTQ sequences may not hold them
     return np.append(head, len(data)), ends[0::4], regions, seq
+
+
+def _joined(data: bytes, regions: tuple[np.ndarray, np.ndarray]) -> bytes:
+    """The bytes of the regions [begin, end) of `data`, joined (no Python loop per region)."""
+    return b"".join(map(data.__getitem__, map(slice, regions[0].tolist(),
+                                              regions[1].tolist())))
 
 
 def _per_region_hits(seq: bytes, sizes: np.ndarray, chars: bytes) -> np.ndarray:

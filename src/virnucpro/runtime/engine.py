@@ -366,8 +366,9 @@ class Job:
 
 def start_pool(job: Job) -> Pool:
     """The run's worker processes, started; they load their models once `begin` or
-    `settle` tells them how."""
-    return Pool(job.specs, job.backend, job.pythonpath)
+    `settle` tells them how. Each saves the units it scores in `job.home`."""
+    specs = tuple(replace(s, units_home=str(job.home)) for s in job.specs)
+    return Pool(specs, job.backend, job.pythonpath)
 
 
 def run_units(job: Job, units: Iterator[tuple[Any, T]],
@@ -414,7 +415,8 @@ def _collect(pool: Pool, job: Job, units: Iterator[tuple[Any, T]],
                 result = ready.pop(index)
                 unit, payload = feed.pending.pop(index)
                 if result.worker:  # scored in this run, not loaded from an earlier one
-                    save_unit(job.home, unit, result)
+                    if not result.stored:
+                        save_unit(job.home, unit, result)
                     stats.add(result)
                 consume(payload, result)
                 window.release()

@@ -52,6 +52,9 @@ class WorkerSpec:
     share: int = 1  # workers on this device: they split its free memory
     render: Render | None = None  # predict: how to render rows; None: return scores only
     log_level: int = 30  # the parent's logging level (WARNING)
+    # A local worker saves each unit it scores there (`units.save_unit`), sparing the parent
+    # the file work; None (a Ray actor, maybe on another machine): the parent saves it.
+    units_home: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ class UnitResult:
     peak_memory: int | None = None  # bytes the device's allocator peaked at so far (CUDA)
     rendered: Any = None  # render.Rendered of a RecordUnit: the unit's output rows
     saved: bytes | None = None  # the unit's file as `units.save_unit` writes it (a worker's)
+    stored: bool = False  # the worker saved it already (its spec's `units_home`)
 
     @property
     def n_frames(self) -> int:

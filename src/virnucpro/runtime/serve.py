@@ -102,8 +102,8 @@ def serve(make_backend: Callable[[WorkerSpec], Backend], fds: list[str]) -> None
         process = getattr(backend, "process", None)  # a stand-in may do it all itself
         while (message := inbox.get())[0] == "unit":
             unit = message[1]
-            channel.send("result", process(unit) if process else
-                         process_unit(backend, spec, unit))
+            result = process(unit) if process else process_unit(backend, spec, unit)
+            channel.send("result", store(spec, unit, result))
             backend.after_unit()
     except BrokenPipeError:  # the parent has gone
         os._exit(1)
@@ -112,6 +112,18 @@ def serve(make_backend: Callable[[WorkerSpec], Backend], fds: list[str]) -> None
             f"the worker on {spec.device} failed: {type(exc).__name__}: {exc}"
         channel.send("error", line)
     channel.close()
+
+
+def store(spec: WorkerSpec, unit: Any, result: UnitResult) -> UnitResult:
+    """Save a scored unit where the spec says (the parent then only appends its rows)."""
+    if spec.units_home is None:
+        return result
+    from pathlib import Path
+
+    from virnucpro.runtime.units import save_unit
+
+    save_unit(Path(spec.units_home), unit, result)
+    return replace(result, saved=None, stored=True)
 
 
 def plain(data: Any) -> Any:

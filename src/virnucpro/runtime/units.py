@@ -10,8 +10,9 @@ unit of whole records is a slice of the input's text that the worker parses; rec
 reader parsed one by one (stdin's, and text a block scan does not take) travel as pieces and
 never share a unit with text. Chunking and translation happen in the workers. Every scored
 unit is saved (`save_unit`) as `units/NNNNNN.npz` (scores, rendered rows and, when the run
-keeps them, the features), its bytes made by the worker (`unit_file`); `NNNNNN.npz.sha256`
-beside it holds the digest of its bytes, checked before the unit is reused.
+keeps them, the features), its bytes made by the worker (`unit_file`), and written by it too
+when it is a local process (a Ray actor's, by the driver); `NNNNNN.npz.sha256` beside it
+holds the digest of its bytes, checked before the unit is reused.
 """
 
 from __future__ import annotations
