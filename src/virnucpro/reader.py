@@ -3,6 +3,8 @@
 Compression (gzip, bzip2, xz, zstd) and format (FASTA or FASTQ) are detected from the content, never
 from the file name: xopen decompresses, dnaio parses, and this module only checks the records.
 Only one record (plus one read block) is held at a time. RNA is read as DNA (U as T, u as t).
+A run's parent reads blocks of whole records instead (`read_blocks`, `blocks.py`): checked
+with numpy, never parsed one by one there, and about 256 KiB (or one longer record) at a time.
 """
 
 from __future__ import annotations
