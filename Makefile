@@ -47,6 +47,7 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 
 # Two test processes (pytest-xdist), each test module in one of them, so a module's shared
-# fixtures are built once. pytest exits 5 when it collects no test: not a failure of the build.
+# fixtures are built once; modules are handed out slowest first (tests/conftest.py orders
+# them). pytest exits 5 when it collects no test: not a failure of the build.
 test: lint
-	$(PY) -m pytest -q -n 2 --dist loadscope; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]

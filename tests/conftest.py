@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,12 +23,50 @@ def data_dir() -> Path:
     return DATA
 
 
+# ------------------------------------------------------------------ made once per session
+# Most of the suite's time is worker processes starting (each imports torch and transformers,
+# about 5 CPU-seconds), so what several tests only read is made once per test session, by
+# whichever process (pytest-xdist worker) asks for it first: the others wait for it and reuse
+# it. A test that changes such a directory copies it first (shutil.copytree).
+def _session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every process of this session sees: pytest-xdist puts each worker's basetemp
+    in the session's own."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "made-once"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+              make: Callable[[Path], object]) -> Path:
+    """`ROOT/name`, made by `make(path)` by the first process of this session that asks for
+    it (under a file lock; made in place, as runs record their own paths). A failed `make`
+    is tried again by the next asker."""
+    import fcntl
+
+    root = _session_root(tmp_path_factory)
+    path = root / name
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if not (root / f"{name}.done").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            make(path)
+            (root / f"{name}.done").touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
-    """Tiny random DNABERT-S, ESM-2 and classifier in their real on-disk formats."""
-    from virnucpro.testing import make_tiny_models
+    """Tiny random DNABERT-S, ESM-2 and classifier in their real on-disk formats (one copy per
+    session, which every process reads)."""
+    from virnucpro.testing import TinyModels, make_tiny_models
 
-    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"), tokenizer=DNABERT_TOKENIZER)
+    root = made_once(tmp_path_factory, "tiny-models",
+                     lambda path: make_tiny_models(path, tokenizer=DNABERT_TOKENIZER))
+    # The names make_tiny_models gives them.
+    models = TinyModels(root / "dnabert-s", root / "esm2", root / "classifier.pth")
+    assert all(p.exists() for p in (models.dnabert_dir, models.esm_dir, models.classifier_path))
+    return models
 
 
 def orf_rich_fasta(path: Path, n: int, seed: int = 0, lengths: tuple[int, ...] = (
@@ -142,9 +185,13 @@ TRAIN_FAST = ["--lr", "0.01", "--hidden-dim", "32", "--batch-size", "16", "--max
 
 @pytest.fixture(scope="session")
 def train_data(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("train-data")
-    return {"viral": composition_fasta(d / "viral.fa", 40, gc=0.68, seed=1, prefix="v"),
-            "other": composition_fasta(d / "other.fa", 48, gc=0.32, seed=2, prefix="o")}
+    def make(d: Path) -> None:
+        d.mkdir()
+        composition_fasta(d / "viral.fa", 40, gc=0.68, seed=1, prefix="v")
+        composition_fasta(d / "other.fa", 48, gc=0.32, seed=2, prefix="o")
+
+    d = made_once(tmp_path_factory, "train-data", make)
+    return {"viral": d / "viral.fa", "other": d / "other.fa"}
 
 
 def train_args(models, data, out: Path, *extra: str) -> list[str]:
@@ -158,13 +205,14 @@ def train_args(models, data, out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def trained(tiny_models, train_data, tmp_path_factory) -> Path:
     """The classifier `train_args` makes; trained once per session (test_train and
-    test_regions_inserts share it; a test that retrains it in place must leave the same
-    bytes)."""
+    test_regions_inserts share it and only read it: a test that retrains it copies it)."""
     from virnucpro.cli import main
 
-    out = tmp_path_factory.mktemp("trained") / "model"
-    assert main(train_args(tiny_models, train_data, out)) == 0
-    return out
+    def make(folder: Path) -> None:
+        folder.mkdir()
+        assert main(train_args(tiny_models, train_data, folder / "model")) == 0
+
+    return made_once(tmp_path_factory, "trained", make) / "model"
 
 
 def predict_results(out: Path) -> dict[str, bytes]:
@@ -173,3 +221,84 @@ def predict_results(out: Path) -> dict[str, bytes]:
 
     paths = predict_paths(out)
     return {role: paths[role].read_bytes() for role in RESULT_FILES}
+
+
+# ------------------------------------------------------------------ runs shared by tests
+# Settings of many runs: one CPU worker, one thread, and units of 4 frames, so that a run
+# over 60 records has dozens of units (a test can kill it between two of them).
+SMALL_UNITS = ("--device", "cpu", "--threads", "1", "--unit-frames", "4")
+# test_shards.py's settings (test_ray.py and test_workflow.py compare with its runs).
+SHARD_SETTINGS = ("--device", "cpu", "--threads", "1", "--unit-frames", "24", "--threshold", "0.3")
+
+
+def with_empty_records(path: Path, n: int) -> Path:
+    """`orf_rich_fasta` of `n` records, then a record without bases and one of two bases
+    (no frame in either), so the last unit has no frame."""
+    orf_rich_fasta(path, n)
+    with path.open("a") as fh:
+        fh.write(">empty\n\n>tiny two bases\nAC\n")
+    return path
+
+
+def shared_input(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """An input made once per session, by name: "orfN" is `orf_rich_fasta` of N records,
+    "orfN+empty" is `with_empty_records` of N; any other name is a file (returned as it is)."""
+    if not name.startswith("orf"):
+        return Path(name)
+    records, _, tail = name[3:].partition("+")
+    write = {"": orf_rich_fasta, "empty": with_empty_records}[tail]
+
+    def make(folder: Path) -> None:
+        folder.mkdir()
+        write(folder / "in.fa", int(records))
+
+    return made_once(tmp_path_factory, f"input-{name}", make) / "in.fa"
+
+
+@dataclass(frozen=True)
+class SharedRun:
+    """A finished `predict` run made once per session: tests read `out`, or copy it first."""
+
+    input: Path
+    out: Path
+
+
+@pytest.fixture(scope="session")
+def shared_run(tiny_models, tmp_path_factory) -> Callable[..., SharedRun]:
+    """`shared_run(input, *extra)`: the finished `predict_args(tiny_models, [input], OUT,
+    *extra)` run, made by the first test of the session that asks for it (`input` as
+    `shared_input` names it). Tests that compare a run with an uninterrupted one of the same
+    input and settings take it from here instead of each starting their own."""
+    from virnucpro.cli import main
+
+    def get(name: str, *extra: str) -> SharedRun:
+        inp = shared_input(tmp_path_factory, name)
+        key = hashlib.sha256(repr((name, extra)).encode()).hexdigest()[:12]
+
+        def make(folder: Path) -> None:
+            folder.mkdir()
+            assert main(predict_args(tiny_models, [inp], folder / "out", *extra)) == 0
+
+        # Named "out", as most tests name theirs: the MultiQC files name the sample after it.
+        out = made_once(tmp_path_factory, f"run-{Path(name).stem}-{key}", make) / "out"
+        return SharedRun(inp, out)
+
+    return get
+
+
+# ------------------------------------------------------------------ the order of the modules
+# `make test` runs the suite on two processes (pytest-xdist), each module whole in one of them
+# (--dist loadscope), handed out in collection order (--no-loadscope-reorder): the slowest
+# modules first, so that the many quick ones even out the end. Slowest first, as measured
+# (wall time on two busy cores); a module not listed is quick and comes after these.
+SLOWEST_FIRST = (
+    "test_benchmarks.py", "test_ray.py", "test_shards.py", "test_thin_parent.py",
+    "test_runtime.py", "test_predict.py", "test_compile.py", "test_train.py",
+    "test_failures.py", "test_crash_safety.py", "test_classifier.py", "test_workflow.py",
+    "test_worker.py", "test_regions_inserts.py", "test_cpu.py", "test_selftest.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: same order within

@@ -11,7 +11,7 @@ import sysconfig
 import numpy as np
 import pytest
 import torch
-from conftest import orf_rich_fasta, predict_args
+from conftest import SHARD_SETTINGS, predict_args
 
 from virnucpro.cli import main
 from virnucpro.models.dnabert import embed_dnabert
@@ -144,14 +144,12 @@ def test_no_recompile_over_realistic_shapes(tiny_models):
 
 
 @needs_compiler
-def test_predict_with_compile_scores_as_without(tiny_models, tmp_path):
-    fasta = orf_rich_fasta(tmp_path / "in.fa", 12, seed=4)
-    runs = {}
-    for flag in ("--compile", None):
-        out = tmp_path / (flag or "default")
-        assert main(predict_args(tiny_models, [fasta], out, "--device", "cpu",
-                                 *([flag] if flag else []))) == 0
-        runs[flag] = out
+def test_predict_with_compile_scores_as_without(tiny_models, shared_run, tmp_path):
+    settings = SHARD_SETTINGS
+    base = shared_run("orf24+empty", *settings)  # eager: test_shards' single run
+    runs = {None: base.out, "--compile": tmp_path / "--compile"}
+    assert main(predict_args(tiny_models, [base.input], runs["--compile"], *settings,
+                             "--compile")) == 0
     plans = {flag: json.loads(predict_paths(out)["run"].read_text())["plan"]
              for flag, out in runs.items()}
     assert plans["--compile"]["compile"] is True and plans["--compile"]["workers"][0]["compiled"]

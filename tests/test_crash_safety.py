@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import orf_rich_fasta, predict_args, predict_results
+from conftest import SHARD_SETTINGS, predict_args, predict_results
 
 from virnucpro import commit
 from virnucpro.cli import main
 from virnucpro.outputs import MQC_FILES, STATE_DIR, predict_paths
 
-FAST = ("--device", "cpu", "--threads", "1", "--unit-frames", "8")
+FAST = SHARD_SETTINGS  # one thread, units of 24 frames, threshold 0.3: test_shards' runs
 
 
 class Killed(BaseException):
@@ -79,16 +79,13 @@ def _which(out: Path, runs: dict[str, Path]) -> str:
 
 
 @pytest.fixture(scope="module")
-def base(tiny_models, tmp_path_factory):
-    """A finished single run (threshold 0.5), its two shards, and the input."""
-    root = tmp_path_factory.mktemp("crash")
-    inp = orf_rich_fasta(root / "in.fa", 12)
-    single = root / "single" / "out"
-    assert main(predict_args(tiny_models, [inp], single, *FAST)) == 0
-    shards = [root / f"s{i}" for i in (1, 2)]
-    for i, s in enumerate(shards, 1):
-        assert main(predict_args(tiny_models, [inp], s, *FAST, "--shard", f"{i}/2")) == 0
-    return {"root": root, "input": inp, "single": single, "shards": shards}
+def base(shared_run, tmp_path_factory):
+    """A finished single run, its two shards, and the input: test_shards' own runs (24
+    ORF-rich records, then two without a frame), which the tests here only read."""
+    single = shared_run("orf24+empty", *FAST)
+    shards = [shared_run("orf24+empty", *FAST, "--shard", f"{i}/2").out for i in (1, 2)]
+    return {"root": tmp_path_factory.mktemp("crash"), "input": single.input,
+            "single": single.out, "shards": shards}
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +280,7 @@ def test_resume_names_and_rescores_damaged_units(base, unfinished, tiny_models, 
 
 @pytest.mark.parametrize("how", ["empty", "truncated", "edited", "no digest"])
 def test_merge_refuses_a_damaged_unit_naming_the_shard_to_rerun(base, tmp_path, capsys, how):
-    shards = [tmp_path / s.name for s in base["shards"]]
+    shards = [tmp_path / f"s{i}" for i in (1, 2)]
     for src, dst in zip(base["shards"], shards, strict=True):
         shutil.copytree(src, dst)
     unit = sorted((shards[1] / "units").glob("[0-9]*.npz"))[0]

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import orf_rich_fasta, predict_args, predict_results
+from conftest import SHARD_SETTINGS, SMALL_UNITS, orf_rich_fasta, predict_args, predict_results
 
 from virnucpro.cli import main
 from virnucpro.files import write_json
@@ -67,18 +67,18 @@ def test_read_only_output_directory_is_one_line(tiny_models, tmp_path, small_dis
     assert "read-only" in line.lower() and str(small_disk / "out") in line, line
 
 
-def test_a_second_run_into_a_busy_directory_refuses_at_once(tiny_models, tmp_path, capsys):
-    inp = orf_rich_fasta(tmp_path / "in.fa", 40)
-    ref, out = tmp_path / "ref", tmp_path / "out"
-    assert main(predict_args(tiny_models, [inp], ref, *FAST)) == 0
+def test_a_second_run_into_a_busy_directory_refuses_at_once(tiny_models, shared_run, tmp_path,
+                                                            capsys):
+    base = shared_run("orf60", *SMALL_UNITS)  # the same run, uninterrupted
+    inp, ref, out = base.input, base.out, tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-m", "virnucpro",
-                              *predict_args(tiny_models, [inp], out, *FAST)])
+                              *predict_args(tiny_models, [inp], out, *SMALL_UNITS)])
     deadline = time.monotonic() + 60
     while not (out / ".virnucpro.lock").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     capsys.readouterr()
     t0 = time.monotonic()
-    assert main(predict_args(tiny_models, [inp], out, *FAST)) == 1
+    assert main(predict_args(tiny_models, [inp], out, *SMALL_UNITS)) == 1
     assert time.monotonic() - t0 < 5
     line = _one_line(capsys.readouterr().err)
     assert "another virnucpro run is writing there" in line and str(out) in line
@@ -116,16 +116,16 @@ def test_a_damaged_model_file_is_one_line_and_models_info_fails(tiny_models, tmp
     assert "damaged or truncated" in capsys.readouterr().out
 
 
-def test_rna_is_read_as_dna(tiny_models, tmp_path):
-    dna = orf_rich_fasta(tmp_path / "dna.fa", 12)
+def test_rna_is_read_as_dna(tiny_models, shared_run, tmp_path):
+    settings = SHARD_SETTINGS
+    base = shared_run("orf24+empty", *settings)  # the DNA: test_shards' single run
     rna = tmp_path / "rna.fa"
     rna.write_text("".join(line if line.startswith(">") else line.replace("T", "U")
-                           for line in dna.read_text().splitlines(keepends=True)))
-    assert main(predict_args(tiny_models, [dna], tmp_path / "d", *FAST)) == 0
-    assert main(predict_args(tiny_models, [rna], tmp_path / "r", *FAST)) == 0
-    assert predict_results(tmp_path / "r") == predict_results(tmp_path / "d")
+                           for line in base.input.read_text().splitlines(keepends=True)))
+    assert main(predict_args(tiny_models, [rna], tmp_path / "r", *settings)) == 0
+    assert predict_results(tmp_path / "r") == predict_results(base.out)
     run = json.loads((tmp_path / "r" / "run.json").read_text())
-    assert run["counts"]["rna_records"] == 12
+    assert run["counts"]["rna_records"] == 24  # the two records without a T have no U
 
 
 def test_a_late_bad_record_fails_before_any_model_loads(tiny_models, tmp_path, capsys):
@@ -167,14 +167,12 @@ def test_plain_logs_and_small_defects(tiny_models, tmp_path, capsys, monkeypatch
     assert "holds a finished run that read stdin" in line and "--force" in line
 
 
-def test_merge_and_a_shard_write_regions_and_multiqc(tiny_models, tmp_path):
-    inp = orf_rich_fasta(tmp_path / "in.fa", 10)
-    out = tmp_path / "out"
-    assert main(predict_args(tiny_models, [inp], out, *FAST)) == 0
+def test_merge_and_a_shard_write_regions_and_multiqc(shared_run):
+    out = shared_run("orf24+empty", *SHARD_SETTINGS).out  # test_shards' single run: 26 records
     header = (out / "regions.tsv").read_text().splitlines()[0]
     assert header == "seq_id\tregion_id\tstart\tend\tlength\tn_chunks\tscore\tkind"
     calls = json.loads((out / "virnucpro_calls_mqc.json").read_text())
-    assert sum(calls["data"]["out"].values()) == 10
+    assert sum(calls["data"]["out"].values()) == 26
 
 
 def test_help_a_newcomer_can_scan(capsys):

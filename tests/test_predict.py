@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, orf_rich_fasta, predict_args, predict_results
+from conftest import ROOT, SHARD_SETTINGS, SMALL_UNITS, predict_args, predict_results
 
 from virnucpro.cli import main
 from virnucpro.outputs import (
@@ -140,31 +141,30 @@ def test_matches_reference_computation(tiny_models, tmp_path):
     assert not (out / ".virnucpro").exists()
 
 
-def test_original_chunk_rule_is_reproduced_at_one_chunk(tiny_models, tmp_path):
+def test_original_chunk_rule_is_reproduced_at_one_chunk(shared_run):
     """A one-chunk sequence is `virus` at 0.5 exactly when the original's Is_Virus is True."""
-    out = tmp_path / "out"
-    assert main(predict_args(tiny_models, [EXAMPLE], out)) == 0
+    out = shared_run(str(EXAMPLE)).out  # predict_args' defaults: threshold 0.5
     is_virus = dict(r for r in _table(out / "prediction_results_highestscore.csv")[1:])
     for row in _table(out / "sequences.tsv")[1:]:
         if row[2] == "1" and row[3] == "1":
             assert (row[6] == "virus") == (is_virus[row[0] + "_chunk_1"] == "True")
 
 
-def test_two_workers_give_byte_identical_outputs(tiny_models, tmp_path):
-    inp = orf_rich_fasta(tmp_path / "in.fa", 40)
-    one, two = tmp_path / "one", tmp_path / "two"
-    common = ("--device", "cpu", "--threads", "1", "--unit-frames", "8")
-    assert main(predict_args(tiny_models, [inp], one, *common, "--workers", "1")) == 0
-    assert main(predict_args(tiny_models, [inp], two, *common, "--workers", "2")) == 0
+def test_two_workers_give_byte_identical_outputs(shared_run):
+    """Dozens of units of 4 frames, on one worker and on two (both runs are shared: the
+    resume tests compare with the first, test_runtime reads the plan of the second)."""
+    one = shared_run("orf60", *SMALL_UNITS).out  # a CPU run has one worker by default
+    two = shared_run("orf60", *SMALL_UNITS, "--workers", "2").out
     assert predict_results(one) == predict_results(two)
-    run = json.loads((two / "run.json").read_text())
-    assert len(run["plan"]["workers"]) == 2
+    workers = [len(json.loads((out / "run.json").read_text())["plan"]["workers"])
+               for out in (one, two)]
+    assert workers == [1, 2]
 
 
 def test_rerun_of_a_finished_run_does_nothing_and_a_different_run_is_refused(
-        tiny_models, tmp_path, capsys):
+        tiny_models, shared_run, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(predict_args(tiny_models, [EXAMPLE], out)) == 0
+    shutil.copytree(shared_run(str(EXAMPLE)).out, out)  # predict_args(tiny_models, [EXAMPLE])
     before = {p: p.stat().st_mtime_ns for p in predict_paths(out).values()}
     assert main(predict_args(tiny_models, [EXAMPLE], out)) == 0
     assert {p: p.stat().st_mtime_ns for p in predict_paths(out).values()} == before
@@ -179,13 +179,13 @@ def test_rerun_of_a_finished_run_does_nothing_and_a_different_run_is_refused(
     assert json.loads((out / "run.json").read_text())["params"]["unit_frames"] == 7
 
 
-def test_a_new_threshold_rewrites_the_verdicts_from_the_saved_scores(tiny_models, tmp_path,
-                                                                     monkeypatch):
-    inp = orf_rich_fasta(tmp_path / "in.fa", 30)
-    fresh, out = tmp_path / "fresh", tmp_path / "out"
+def test_a_new_threshold_rewrites_the_verdicts_from_the_saved_scores(tiny_models, shared_run,
+                                                                     tmp_path, monkeypatch):
+    base = shared_run("orf30")  # at the defaults: threshold 0.5
+    inp, fresh, out = base.input, tmp_path / "fresh", tmp_path / "out"
     assert main(predict_args(tiny_models, [inp], fresh, "--threshold", "0.45",
                              "--min-region-length", "0")) == 0
-    assert main(predict_args(tiny_models, [inp], out)) == 0
+    shutil.copytree(base.out, out)
     assert predict_results(out)["sequences"] != predict_results(fresh)["sequences"]
 
     def no_workers(*_a):
@@ -232,9 +232,9 @@ def test_missing_model_offline_fails_at_once(tmp_path, capsys):
     assert "virnucpro models download" in err and "Traceback" not in err
 
 
-def test_save_embeddings(tiny_models, tmp_path):
-    out = tmp_path / "out"
-    assert main(predict_args(tiny_models, [EXAMPLE], out, "--save-embeddings")) == 0
+def test_save_embeddings(shared_run):
+    # test_shards' single run with embeddings (12 ORF-rich records and two without a frame).
+    out = shared_run("orf12+empty", *SHARD_SETTINGS, "--save-embeddings").out
     files = sorted((out / "embeddings").glob("*.npz"))
     assert files
     with np.load(files[0]) as z:
@@ -247,11 +247,11 @@ def _state_units(out: Path) -> int:
 
 
 @pytest.mark.parametrize("kill_after_units", [0, 3])
-def test_resume_after_sigkill_is_byte_identical(tiny_models, tmp_path, kill_after_units):
-    inp = orf_rich_fasta(tmp_path / "in.fa", 60)
-    common = ("--device", "cpu", "--threads", "1", "--unit-frames", "4")
-    ref = tmp_path / "ref"
-    assert main(predict_args(tiny_models, [inp], ref, *common)) == 0
+def test_resume_after_sigkill_is_byte_identical(tiny_models, shared_run, tmp_path,
+                                                kill_after_units):
+    common = SMALL_UNITS  # dozens of units of 4 frames
+    base = shared_run("orf60", *common)  # the uninterrupted run
+    inp, ref = base.input, base.out
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "virnucpro", *predict_args(tiny_models, [inp], out, *common)]
@@ -275,16 +275,17 @@ def test_resume_after_sigkill_is_byte_identical(tiny_models, tmp_path, kill_afte
         assert run["timing"]["frames_scored_this_run"] < run["counts"]["frames"]
 
 
-def test_highest_score_sort_spills_and_merges_identically(tiny_models, tmp_path, monkeypatch):
+def test_highest_score_sort_spills_and_merges_identically(tiny_models, shared_run, tmp_path,
+                                                          monkeypatch):
     """Chunk rows are sorted on disk in runs, merged a few files at a time: same bytes."""
     import virnucpro.writer
 
-    inp = orf_rich_fasta(tmp_path / "in.fa", 30)
-    assert main(predict_args(tiny_models, [inp], tmp_path / "whole")) == 0
+    base = shared_run("orf30")
+    inp, whole = base.input, base.out
     monkeypatch.setattr(virnucpro.writer, "_SORT_RUN_ROWS", 3)
     monkeypatch.setattr(virnucpro.writer, "_MERGE_FAN_IN", 2)
     assert main(predict_args(tiny_models, [inp], tmp_path / "spilled")) == 0
-    assert predict_results(tmp_path / "spilled") == predict_results(tmp_path / "whole")
+    assert predict_results(tmp_path / "spilled") == predict_results(whole)
     rows = _table(tmp_path / "spilled" / "prediction_results_highestscore.csv")[1:]
     assert len(rows) > 3 * 2 * 2, "enough rows for several spills and two merge levels"
     assert not list((tmp_path / "spilled").rglob("highest_*.tsv"))

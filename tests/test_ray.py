@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
-from conftest import orf_rich_fasta, predict_args, predict_results
+from conftest import SHARD_SETTINGS, predict_args, predict_results
 
 from virnucpro.cli import main
 from virnucpro.outputs import predict_paths
@@ -20,23 +21,37 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),  # Ray's own settings
 ]
 
-COMMON = ("--device", "cpu", "--threads", "1", "--unit-frames", "3", "--threshold", "0.3")
+# test_shards.py's settings: its single run over the same input is the local engine's run here.
+COMMON = SHARD_SETTINGS
 
 
+# Every process of a Ray this test process starts inherits its environment (the engine's own
+# Ray too), orphans included: that tells them from the Ray of another test session that runs
+# on the same machine at the same time.
+OWNER = "VIRNUCPRO_TEST_RAY_OWNER"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mark_our_ray():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(OWNER, str(os.getpid()))
+        yield
 
 
 def _ray_pids() -> set[int]:
-    """Live processes of any Ray on this machine (its servers and its workers)."""
+    """Live processes of any Ray this test process started (its servers and its workers)."""
     pids = set()
+    mark = f"{OWNER}={os.getpid()}".encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except (OSError, IndexError):
             continue
-        if state != "Z" and ("ray::" in cmd or "site-packages/ray/" in cmd):
+        if state != "Z" and ("ray::" in cmd or "site-packages/ray/" in cmd) and mark in env:
             pids.add(int(entry))
     return pids
 
@@ -49,13 +64,11 @@ def _assert_no_new_ray_processes(before: set[int], timeout: float = 30) -> None:
 
 
 @pytest.fixture(scope="module")
-def workdir(tiny_models, tmp_path_factory):
-    """An input and the local engine's outputs for it, to compare with."""
-    root = tmp_path_factory.mktemp("ray")
-    inp = orf_rich_fasta(root / "in.fa", 16)
-    local = root / "local"
-    assert main(predict_args(tiny_models, [inp], local, *COMMON)) == 0
-    return {"input": inp, "local": local}
+def workdir(shared_run):
+    """An input (24 ORF-rich records, then two without a frame) and the local engine's
+    outputs for it, to compare with."""
+    local = shared_run("orf24+empty", *COMMON)
+    return {"input": local.input, "local": local.out}
 
 
 def test_engine_starts_and_stops_its_own_local_ray(tiny_models, workdir, tmp_path):
@@ -128,22 +141,24 @@ def test_two_cpu_actors_write_what_the_local_engine_writes(tiny_models, workdir,
         run["timing"]["stages"])
 
 
-def test_a_ray_shard_merges_with_a_local_shard(tiny_models, workdir, local_ray, tmp_path):
-    s1, s2, merged = tmp_path / "s1", tmp_path / "s2", tmp_path / "merged"
+def test_a_ray_shard_merges_with_a_local_shard(tiny_models, shared_run, workdir, local_ray,
+                                              tmp_path):
+    s1, merged = tmp_path / "s1", tmp_path / "merged"
     inp = workdir["input"]
     assert main(predict_args(tiny_models, [inp], s1, *COMMON, "--shard", "1/2",
                              "--engine", "ray")) == 0
-    assert main(predict_args(tiny_models, [inp], s2, *COMMON, "--shard", "2/2")) == 0
+    s2 = shared_run("orf24+empty", *COMMON, "--shard", "2/2").out  # local, test_shards' own
     assert main(["merge", str(s1), str(s2), "-o", str(merged), "-q"]) == 0
     assert predict_results(merged) == predict_results(workdir["local"])
 
 
-def test_ray_resumes_an_unfinished_run(tiny_models, workdir, local_ray, tmp_path):
+def test_ray_resumes_an_unfinished_run(tiny_models, shared_run, workdir, local_ray, tmp_path):
     """A shard keeps its scored units in OUT/units; make it look killed after some of them
     (as a SIGKILL leaves it), then let the Ray engine finish it."""
     out = tmp_path / "out"
     inp = workdir["input"]
-    assert main(predict_args(tiny_models, [inp], out, *COMMON, "--shard", "1/1")) == 0
+    # A finished shard 1/1 (test_shards' own), copied: it is changed below.
+    shutil.copytree(shared_run("orf24+empty", *COMMON, "--shard", "1/1").out, out)
     fingerprint = json.loads((out / "run.json").read_text())["fingerprint"]
     for p in [*predict_paths(out).values(), out / "shard.json"]:
         p.unlink(missing_ok=True)

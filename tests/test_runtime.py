@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import orf_rich_fasta, predict_args, predict_results
+from conftest import SMALL_UNITS, orf_rich_fasta, predict_args, predict_results
 
 from virnucpro.cli import main
 
-COMMON = ("--device", "cpu", "--threads", "1", "--unit-frames", "4")
+COMMON = SMALL_UNITS  # one CPU worker, one thread, units of 4 frames
 
 
 def _units(out: Path) -> int:
@@ -93,11 +93,9 @@ def test_resume_reuses_the_recorded_plan_not_a_fresh_one(tiny_models, tmp_path):
     assert run["params"]["esm_budget"] == "auto"  # what was asked stays what was asked
 
 
-def test_plan_is_recorded_in_run_json(tiny_models, tmp_path):
-    inp = orf_rich_fasta(tmp_path / "in.fa", 6)
-    out = tmp_path / "out"
-    assert main(predict_args(tiny_models, [inp], out, "--device", "cpu", "--workers", "2",
-                             "--threads", "1")) == 0
+def test_plan_is_recorded_in_run_json(shared_run):
+    # The two-worker run test_predict compares with a one-worker run.
+    out = shared_run("orf60", *COMMON, "--workers", "2").out
     run = json.loads((out / "run.json").read_text())
     plan = run["plan"]
     assert (plan["dtype"], plan["threads"]) == ("fp32", 1)
@@ -139,10 +137,11 @@ def test_save_embeddings_killed_and_resumed_keeps_every_frame(tiny_models, tmp_p
     assert len(_frame_ids(out)) == run["counts"]["frames"]
 
 
-def test_save_embeddings_on_a_run_made_without_them_is_refused(tiny_models, tmp_path, capsys):
-    inp = orf_rich_fasta(tmp_path / "in.fa", 6)
-    out = tmp_path / "out"
-    assert main(predict_args(tiny_models, [inp], out, *COMMON)) == 0
+def test_save_embeddings_on_a_run_made_without_them_is_refused(tiny_models, shared_run,
+                                                               tmp_path, capsys):
+    base = shared_run("orf60", *COMMON)  # a finished run without embeddings
+    inp, out = base.input, tmp_path / "out"
+    shutil.copytree(base.out, out)
     capsys.readouterr()
     assert main(predict_args(tiny_models, [inp], out, *COMMON, "--save-embeddings")) == 1
     err = capsys.readouterr().err.strip()
@@ -187,10 +186,9 @@ def test_threads_follow_the_cpus_the_process_may_use(tiny_models, tmp_path):
 
 # ------------------------------------------------------------------ failures
 def test_a_killed_worker_stops_the_run_with_one_line_and_a_rerun_resumes(tiny_models,
-                                                                        tmp_path):
-    inp = orf_rich_fasta(tmp_path / "in.fa", 40)
-    ref, out = tmp_path / "ref", tmp_path / "out"
-    assert main(predict_args(tiny_models, [inp], ref, *COMMON)) == 0
+                                                                        shared_run, tmp_path):
+    base = shared_run("orf60", *COMMON)  # the uninterrupted run
+    inp, ref, out = base.input, base.out, tmp_path / "out"
     proc = _start(tiny_models, inp, out, *COMMON, "--workers", "2")
     _wait_for(proc, lambda: _units(out) >= 2)
     workers = _children(proc.pid)

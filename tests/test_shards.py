@@ -14,15 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import orf_rich_fasta, predict_args, predict_results
+from conftest import SHARD_SETTINGS, SMALL_UNITS, predict_args, predict_results, with_empty_records
 
 from virnucpro.cli import main
 from virnucpro.outputs import predict_paths
 from virnucpro.shards import Balancer, parse_shard, shard_paths
 
-COMMON = ("--device", "cpu", "--threads", "1", "--unit-frames", "24", "--threshold", "0.3")
-
-
+COMMON = SHARD_SETTINGS  # one thread, units of 24 frames, threshold 0.3
 
 
 def _rows(path: Path) -> list[str]:
@@ -31,25 +29,18 @@ def _rows(path: Path) -> list[str]:
 
 def _input(path: Path, n: int = 24) -> Path:
     """ORF-rich records, then records without a frame, so the last unit has none."""
-    orf_rich_fasta(path, n)
-    with path.open("a") as fh:
-        fh.write(">empty\n\n>tiny two bases\nAC\n")
-    return path
+    return with_empty_records(path, n)
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_models, tmp_path_factory):
-    """One single run and, for every N in 1..4, its N shards, over the same input."""
-    root = tmp_path_factory.mktemp("shards")
-    inp = _input(root / "in.fa")
-    single = root / "single"
-    assert main(predict_args(tiny_models, [inp], single, *COMMON)) == 0
-    shards = {}
-    for n in range(1, 5):
-        shards[n] = [root / f"n{n}" / f"s{i}" for i in range(1, n + 1)]
-        for i, out in enumerate(shards[n], 1):
-            assert main(predict_args(tiny_models, [inp], out, *COMMON, "--shard", f"{i}/{n}")) == 0
-    return {"input": inp, "single": single, "shards": shards, "root": root}
+def runs(shared_run):
+    """One single run and, for every N in 1..4, its N shards, over the same input (shared
+    runs: test_ray and test_workflow compare with the single run, test_ray merges shard 2/2
+    with its own 1/2). The tests only read them."""
+    base = shared_run("orf24+empty", *COMMON)  # _input(path, 24)
+    shards = {n: [shared_run("orf24+empty", *COMMON, "--shard", f"{i}/{n}").out
+                  for i in range(1, n + 1)] for n in range(1, 5)}
+    return {"input": base.input, "single": base.out, "shards": shards}
 
 
 # ------------------------------------------------------------------ the split
@@ -132,11 +123,10 @@ def test_merged_directory_is_a_finished_single_run(runs, tiny_models, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in predict_paths(merged).values()} == before
 
 
-def test_embeddings_merge_like_a_single_run(tiny_models, tmp_path):
-    inp = _input(tmp_path / "in.fa", 12)
-    single = tmp_path / "single"
+def test_embeddings_merge_like_a_single_run(tiny_models, shared_run, tmp_path):
     extra = (*COMMON, "--save-embeddings")
-    assert main(predict_args(tiny_models, [inp], single, *extra)) == 0
+    base = shared_run("orf12+empty", *extra)  # _input(path, 12); test_predict reads it too
+    inp, single = base.input, base.out
     shards = [tmp_path / "s1", tmp_path / "s2"]
     for i, out in enumerate(shards, 1):
         assert main(predict_args(tiny_models, [inp], out, *extra, "--shard", f"{i}/2")) == 0
@@ -199,10 +189,10 @@ def test_incomplete_or_mixed_shards_are_refused(runs, tiny_models, tmp_path, cap
 
 
 def test_changed_input_is_refused(tiny_models, tmp_path, capsys):
+    """A merge checks the input each shard read, so one shard (1/1) is enough to show it."""
     inp = _input(tmp_path / "in.fa", 6)
-    shards = [tmp_path / "s1", tmp_path / "s2"]
-    for i, out in enumerate(shards, 1):
-        assert main(predict_args(tiny_models, [inp], out, *COMMON, "--shard", f"{i}/2")) == 0
+    shards = [tmp_path / "s1"]
+    assert main(predict_args(tiny_models, [inp], shards[0], *COMMON, "--shard", "1/1")) == 0
     inp.write_text(inp.read_text().replace("seq0 ", "seqX "))
     _refused(capsys, ["merge", *map(str, shards), "-o", str(tmp_path / "m")],
              str(inp), "missing or has changed")
@@ -239,11 +229,10 @@ def test_force_turns_a_shard_directory_into_a_single_run(runs, tiny_models, tmp_
     assert predict_results(out) == predict_results(runs["single"])
 
 
-def test_killed_shard_resumes_and_merges_byte_identical(tiny_models, tmp_path):
-    inp = orf_rich_fasta(tmp_path / "in.fa", 60)
-    common = ("--device", "cpu", "--threads", "1", "--unit-frames", "4")
-    single, s1, s2 = tmp_path / "single", tmp_path / "s1", tmp_path / "s2"
-    assert main(predict_args(tiny_models, [inp], single, *common)) == 0
+def test_killed_shard_resumes_and_merges_byte_identical(tiny_models, shared_run, tmp_path):
+    common = SMALL_UNITS  # dozens of units of 4 frames
+    base = shared_run("orf60", *common)  # the single run
+    inp, single, s1, s2 = base.input, base.out, tmp_path / "s1", tmp_path / "s2"
     assert main(predict_args(tiny_models, [inp], s2, *common, "--shard", "2/2")) == 0
 
     cmd = [sys.executable, "-m", "virnucpro",

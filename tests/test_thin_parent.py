@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import orf_rich_fasta, predict_args, predict_results
+from conftest import SMALL_UNITS, orf_rich_fasta, predict_args, predict_results
 
 from virnucpro.cli import main
 from virnucpro.frames import chunk_bounds, iter_record_frames, n_chunks, piece_frames
@@ -163,11 +163,11 @@ def test_a_split_record_is_byte_identical_over_workers_resume_and_shards(tiny_mo
     assert main(predict_args(tiny_models, [inp], two, *common, "--workers", "2")) == 0
     assert predict_results(two) == predict_results(big["split"])
 
-    shards = [tmp_path / "s1", tmp_path / "s2", tmp_path / "s3"]
+    shards = [tmp_path / "s1", tmp_path / "s2"]
     for i, out in enumerate(shards, 1):
-        assert main(predict_args(tiny_models, [inp], out, *common, "--shard", f"{i}/3")) == 0
-    # The 2.5 Mbp record's parts land in several shards: none of them writes its sequence
-    # row (it lacks the other parts' chunk scores); the merge does.
+        assert main(predict_args(tiny_models, [inp], out, *common, "--shard", f"{i}/2")) == 0
+    # The 2.5 Mbp record's parts land in both shards: neither writes its sequence row (it
+    # lacks the other parts' chunk scores); the merge does.
     with_parts = [s for s in shards if any(r[1] == "big" for r in _rows(s / "chunks.tsv"))]
     assert len(with_parts) >= 2
     assert not any(r[0] == "big" for s in shards for r in _rows(s / "sequences.tsv"))
@@ -237,11 +237,11 @@ def _shm_maps(pid: int) -> list[str]:
         return []
 
 
-def test_sigterm_stops_with_143_and_one_line_and_the_run_resumes(tiny_models, tmp_path):
-    inp = orf_rich_fasta(tmp_path / "in.fa", 60)
-    common = ("--device", "cpu", "--threads", "1", "--unit-frames", "24")
-    clean, out = tmp_path / "clean", tmp_path / "out"
-    assert main(predict_args(tiny_models, [inp], clean, *common)) == 0
+def test_sigterm_stops_with_143_and_one_line_and_the_run_resumes(tiny_models, shared_run,
+                                                                  tmp_path):
+    common = SMALL_UNITS  # dozens of units of 4 frames
+    base = shared_run("orf60", *common)  # the uninterrupted run
+    inp, clean, out = base.input, base.out, tmp_path / "out"
     proc = _started(predict_args(tiny_models, [inp], out, *common), out, 2,
                     stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGTERM)
@@ -317,40 +317,54 @@ def test_a_local_checkpoint_is_hashed_once_until_it_changes(tmp_path, monkeypatc
     assert manifest.cached_hash(weights, cache) == hashlib.sha256(b"other" * 1000).hexdigest()
 
 
-def test_each_input_is_read_twice_at_most(tiny_models, tmp_path, monkeypatch):
-    """The input check hashes the bytes it reads; the run reads them once more."""
+@pytest.fixture(scope="module")
+def relative_run(tiny_models, tmp_path_factory):
+    """One in-process run (the two tests below read it), every path given relative to its
+    directory, and watched: which input files it opened (`reader._open_raw`), any input it
+    hashed in a read of its own (`plan.sha256_file`), and its caller's open file
+    descriptors before and after."""
     import virnucpro.reader
     import virnucpro.runtime.plan
 
-    inp = orf_rich_fasta(tmp_path / "in.fa", 8)
+    tmp = tmp_path_factory.mktemp("relative")
+    orf_rich_fasta(tmp / "in.fa", 8)
     opened: list[str] = []
-    real_open = virnucpro.reader._open_raw
-    monkeypatch.setattr(virnucpro.reader, "_open_raw",
-                        lambda path: (opened.append(path), real_open(path))[1])
-    monkeypatch.setattr(virnucpro.runtime.plan, "sha256_file", lambda *a, **k: pytest.fail(
-        "an input was hashed in a read of its own"))
-    out = tmp_path / "out"
-    assert main(predict_args(tiny_models, [inp], out, "--device", "cpu")) == 0
-    assert opened == [str(inp), str(inp)]
-    run = json.loads((out / "run.json").read_text())
+    hashed: list[object] = []
+    real_open, real_hash = virnucpro.reader._open_raw, virnucpro.runtime.plan.sha256_file
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)  # every path below is given relative to here
+        mp.setattr(virnucpro.reader, "_open_raw",
+                   lambda path: (opened.append(os.path.abspath(path)), real_open(path))[1])
+        mp.setattr(virnucpro.runtime.plan, "sha256_file",
+                   lambda *a, **k: (hashed.append(a), real_hash(*a, **k))[1])
+        models = type(tiny_models)(*(Path(os.path.relpath(p, tmp)) for p in (
+            tiny_models.dnabert_dir, tiny_models.esm_dir, tiny_models.classifier_path)))
+        fds = len(os.listdir("/proc/self/fd"))
+        rc = main(predict_args(models, ["in.fa"], Path("out"), "--device", "cpu"))
+        fds_after = len(os.listdir("/proc/self/fd"))
+    assert rc == 0
+    return {"dir": tmp, "opened": opened, "hashed": hashed, "fds": (fds, fds_after),
+            "run": json.loads((tmp / "out" / "run.json").read_text())}
+
+
+def test_each_input_is_read_twice_at_most(relative_run):
+    """The input check hashes the bytes it reads; the run reads them once more."""
+    inp = relative_run["dir"] / "in.fa"
+    assert relative_run["opened"] == [str(inp), str(inp)]
+    assert relative_run["hashed"] == [], "an input was hashed in a read of its own"
+    run = relative_run["run"]
     assert run["inputs"][0]["sha256"] == __import__("hashlib").sha256(
-        Path(inp).read_bytes()).hexdigest()
+        inp.read_bytes()).hexdigest()
 
 
-def test_run_json_keeps_one_copy_of_the_workers_and_absolute_paths(tiny_models, tmp_path,
-                                                                    monkeypatch):
-    orf_rich_fasta(tmp_path / "in.fa", 4)
-    monkeypatch.chdir(tmp_path)  # every path below is given relative to here
-    models = type(tiny_models)(*(Path(os.path.relpath(p, tmp_path)) for p in (
-        tiny_models.dnabert_dir, tiny_models.esm_dir, tiny_models.classifier_path)))
-    fds = len(os.listdir("/proc/self/fd"))
-    assert main(predict_args(models, ["in.fa"], Path("out"), "--device", "cpu")) == 0
-    assert len(os.listdir("/proc/self/fd")) <= fds, "a run left pipes open in its caller"
-    run = json.loads((tmp_path / "out" / "run.json").read_text())
+def test_run_json_keeps_one_copy_of_the_workers_and_absolute_paths(relative_run):
+    fds, fds_after = relative_run["fds"]
+    assert fds_after <= fds, "a run left pipes open in its caller"
+    run = relative_run["run"]
     assert "devices" not in run and "workers" not in run
     assert [w["device"] for w in run["plan"]["workers"]] == ["cpu"]
     paths = [run["config"]["output_dir"], run["config"]["runtime"]["dnabert"],
              run["config"]["runtime"]["esm"], run["config"]["classifier"],
              run["inputs"][0]["path"], *(m["path"] for m in run["models"].values())]
     assert all(Path(p).is_absolute() and Path(p).exists() for p in paths), paths
-    assert Path(run["config"]["output_dir"]) == tmp_path / "out"
+    assert Path(run["config"]["output_dir"]) == relative_run["dir"] / "out"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -200,15 +201,18 @@ def test_predict_uses_trained_model(trained, data, tiny_models, tmp_path):
 
 
 def test_rerun_reuses_cached_embeddings(trained, data, tiny_models, monkeypatch, tmp_path):
-    before = (trained / "model.safetensors").read_bytes()
-    assert main(_args(tiny_models, data, trained)) == 1  # refuses to replace without --force
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)  # with its features cache; the shared one stays as it is
+    before = (model / "model.safetensors").read_bytes()
+    assert main(_args(tiny_models, data, model)) == 1  # refuses to replace without --force
     _no_models(monkeypatch)
     # The same recipe with --force: nothing embedded, and the very same weights.
-    assert main(_args(tiny_models, data, trained, "--force")) == 0
-    info = _info(trained)["training"]
+    assert main(_args(tiny_models, data, model, "--force")) == 0
+    info = _info(model)["training"]
     assert info["units_embedded"] == 0 and info["frames_embedded"] == 0
     assert info["units_from_cache"] == info["units"]
-    assert (trained / "model.safetensors").read_bytes() == before
+    assert Path(info["features_cache"]).is_relative_to(model.resolve())  # the copy's own
+    assert (model / "model.safetensors").read_bytes() == before
     # Another model directory and recipe sharing the cache.
     other = tmp_path / "other"
     features = Path(info["features_cache"]).parent
@@ -219,8 +223,6 @@ def test_rerun_reuses_cached_embeddings(trained, data, tiny_models, monkeypatch,
 
 
 def test_interrupted_embedding_resumes(trained, data, tiny_models, tmp_path):
-    import shutil
-
     cache = Path(_info(trained)["training"]["features_cache"])
     copy = tmp_path / "features" / cache.name
     shutil.copytree(cache, copy)

@@ -10,15 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, orf_rich_fasta, predict_args
+from conftest import ROOT, SHARD_SETTINGS
 
 import virnucpro
-from virnucpro.cli import main
 
 pytestmark = pytest.mark.slow
 
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
-OPTIONS = {"device": "cpu", "threads": "1", "unit_frames": "3", "threshold": "0.3"}
+OPTIONS = {"device": "cpu", "threads": "1", "unit_frames": "24", "threshold": "0.3"}
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -32,15 +31,12 @@ def _files(out: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "run.json" and p.relative_to(out).parts[0] != "shards"}
 
 
-def test_snakemake_shards_then_merge_equal_one_run(tiny_models, tmp_path):
+def test_snakemake_shards_then_merge_equal_one_run(tiny_models, shared_run, tmp_path):
     pytest.importorskip("snakemake", reason="snakemake is not installed (pip install "
                                             "'.[workflow]')")
-    inp = orf_rich_fasta(tmp_path / "in.fa", 16)
-    with inp.open("a") as fh:  # records without a frame, as in test_shards.py
-        fh.write(">empty\n\n>tiny two bases\nAC\n")
-    single = tmp_path / "single"
-    assert main(predict_args(tiny_models, [inp], single, "--device", "cpu", "--threads", "1",
-                             "--unit-frames", "3", "--threshold", "0.3")) == 0
+    # Records without a frame at the end: test_shards.py's single run, with OPTIONS.
+    base = shared_run("orf24+empty", *SHARD_SETTINGS)
+    inp, single = base.input, base.out
 
     out = tmp_path / "out"
     config = {"input": inp, "outdir": out, "shards": 2, "dnabert": tiny_models.dnabert_dir,
