@@ -51,7 +51,10 @@ from virnucpro.runtime.units import load_unit, save_unit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-POLL_SECONDS = 0.5  # how often a silent wait checks that every worker is alive
+# How often a silent wait checks that every worker process is alive. A worker that dies closes
+# its pipe, which the parent sees at once; this check is only the safety net, so it is rare:
+# a parent waiting on slow devices wakes this seldom (each wake-up costs its CPU).
+POLL_SECONDS = 5.0
 STOP_SECONDS = 10.0  # how long finished workers get to exit before they are killed
 PER_WORKER = 2  # units sent to a worker before its first result comes back
 BACKEND = "virnucpro.runtime.worker:TorchBackend"  # what computes scores in a worker
@@ -132,7 +135,8 @@ class Pool:
 
     def get(self) -> tuple[str, int, Any]:
         """The next message from a worker or the feeder; fails if a worker failed or died
-        (checked whenever the queue is quiet for POLL_SECONDS)."""
+        (a closed pipe says so at once; a process is also checked whenever the queue is quiet
+        for POLL_SECONDS)."""
         while True:
             try:
                 kind, index, payload = self.results.get(timeout=POLL_SECONDS)
@@ -154,7 +158,7 @@ class Pool:
 
     def submit(self, unit: Any, stop: threading.Event) -> bool:
         """Send a unit to the worker with the fewest in flight, waiting while each has
-        PER_WORKER; False if `stop` was set meanwhile."""
+        PER_WORKER; False if `stop` was set meanwhile (`wake` says so at once)."""
         with self._free:
             while min(self.in_flight) >= PER_WORKER:
                 if stop.is_set():
@@ -164,6 +168,11 @@ class Pool:
             self.in_flight[k] += 1
         self._outboxes[k].put(("unit", unit))
         return True
+
+    def wake(self) -> None:
+        """Wake a `submit` that waits for a free worker, so that it sees its `stop` now."""
+        with self._free:
+            self._free.notify_all()
 
     def _gather(self, kind: str) -> list[Any]:
         """One `kind` message from every worker, in worker order."""
@@ -305,9 +314,9 @@ def _feed(units: Iterator[tuple[Any, Any]], job: Job, pool: Pool, window: thread
             feed.seconds += time.perf_counter() - t0
             if item is None:
                 break
-            while not window.acquire(timeout=POLL_SECONDS):
-                if feed.stop.is_set():
-                    return
+            window.acquire()  # released once more when the writer stops (`_collect`)
+            if feed.stop.is_set():
+                return
             unit, payload = item
             feed.pending[unit.index] = (unit, payload)
             feed.order.append(unit.index)
@@ -424,6 +433,8 @@ def _collect(pool: Pool, job: Job, units: Iterator[tuple[Any, T]],
                 work_done += unit.work
                 bar.update(work_done, stats.frames_scored, stats.frames_per_device)
     finally:
-        feed.stop.set()
+        feed.stop.set()  # and wake the feeder wherever it waits, so that it sees it now
+        window.release()
+        pool.wake()
         bar.close()
     stats.read_seconds = feed.seconds
