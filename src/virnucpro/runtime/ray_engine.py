@@ -32,8 +32,9 @@ from virnucpro.runtime.units import load_unit, save_unit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-IN_FLIGHT_PER_ACTOR = 2  # units sent to an actor before its first result comes back
-WINDOW_PER_ACTOR = 4  # units handed out and not yet written, per actor
+UNITS_PER_CALL = 4  # units an actor scores in one call
+IN_FLIGHT_PER_ACTOR = 2  # calls sent to an actor before its first result comes back
+WINDOW_PER_ACTOR = 3  # calls handed out and not yet written, per actor
 
 
 def _import_ray() -> Any:
@@ -109,6 +110,9 @@ class Scorer:
         self.backend.after_unit()
         return result
 
+    def score_many(self, units: list[Any]) -> list[UnitResult]:
+        return [self.score(unit) for unit in units]
+
 
 # ------------------------------------------------------------------ planning on the cluster
 def _actor_layout(ray: Any, job: Job) -> tuple[int, dict[str, Any], int]:
@@ -173,45 +177,61 @@ def _cause(exc: BaseException) -> VirnucproError:
 
 def _results(ray: Any, actors: list[Any], job: Job, units: Iterable[tuple[Any, T]],
              ) -> Iterator[tuple[Any, T, UnitResult, bool]]:
-    """(unit, payload, result, scored now) in unit order. Each actor holds at most
-    IN_FLIGHT_PER_ACTOR units, and gets the next one as soon as one of its own is done
+    """(unit, payload, result, scored now) in unit order. Units go to the actors in calls of
+    up to UNITS_PER_CALL (Ray's cost per call is shared by them). Each actor holds at most
+    IN_FLIGHT_PER_ACTOR calls, and gets the next one as soon as one of its own is done
     (`ray.wait`), whatever unit the writer waits for; results wait their turn in a window of
-    at most WINDOW_PER_ACTOR units per actor (as the local engine's)."""
+    at most WINDOW_PER_ACTOR calls per actor."""
     credits = dict.fromkeys(range(len(actors)), IN_FLIGHT_PER_ACTOR)
-    order: deque[tuple[Any, T, Any]] = deque()  # units handed out, in unit order
+    order: deque[tuple[list[tuple[Any, T, bool]], Any]] = deque()  # calls, in unit order
     running: dict[Any, int] = {}  # unfinished futures and their actor
     window = WINDOW_PER_ACTOR * len(actors)
     it = iter(units)
     exhausted = False
     while order or not exhausted:
         while not exhausted and len(order) < window and max(credits.values()) > 0:
-            item = next(it, None)
-            if item is None:
-                exhausted = True
-                break
-            unit, payload = item
+            items, exhausted = _next_call(it, job)
             future = None
-            if _needs_scoring(unit) and unit.index not in job.done:
+            sent = [unit for unit, _, send in items if send]
+            if sent:
                 k = max(credits, key=credits.__getitem__)
                 credits[k] -= 1
-                future = actors[k].score.remote(unit)
+                future = actors[k].score_many.remote(sent)
                 running[future] = k
-            order.append((unit, payload, future))
-        while order and (order[0][2] is None or order[0][2] not in running):
-            unit, payload, future = order.popleft()
-            if future is None:
-                yield unit, payload, (load_unit(job.home, unit, need_features=job.need_features)
-                                      if _needs_scoring(unit) else empty_result(unit.index)), False
-                continue
+            if items:
+                order.append((items, future))
+        while order and (order[0][1] is None or order[0][1] not in running):
+            items, future = order.popleft()
             try:
-                result = ray.get(future)
+                scored = iter(ray.get(future) if future is not None else ())
             except Exception as exc:  # Ray wraps whatever failed in an actor
                 raise _cause(exc) from None
-            yield unit, payload, result, True
-        if running and (not order or order[0][2] in running):
+            for unit, payload, send in items:
+                if send:
+                    yield unit, payload, next(scored), True
+                else:
+                    yield unit, payload, (
+                        load_unit(job.home, unit, need_features=job.need_features)
+                        if _needs_scoring(unit) else empty_result(unit.index)), False
+        if running and (not order or order[0][1] in running):
             finished, _ = ray.wait(list(running), num_returns=1)
             for future in finished:
                 credits[running.pop(future)] += 1
+
+
+def _next_call(it: Iterator[tuple[Any, T]], job: Job,
+               ) -> tuple[list[tuple[Any, T, bool]], bool]:
+    """The next UNITS_PER_CALL units in order, each marked with whether it is sent to an actor
+    (not one without frames, nor one an earlier run saved), and whether the input is
+    exhausted."""
+    items: list[tuple[Any, T, bool]] = []
+    while len(items) < UNITS_PER_CALL:
+        item = next(it, None)
+        if item is None:
+            return items, True
+        unit, payload = item
+        items.append((unit, payload, _needs_scoring(unit) and unit.index not in job.done))
+    return items, False
 
 
 def _needs_scoring(unit: Any) -> bool:
