@@ -27,6 +27,7 @@ BLOCK = 1 << 18  # bytes read at a time; a block holds at least one whole record
 IUPAC = b"ACGTURYSWKMBDHVNacgturyswkmbdhvn-"  # as reader._VALID
 _BLANKS = b" \t\r\x0b\x0c"  # dropped from FASTA sequence lines (dnaio drops the CR)
 _SPACE = np.array([10, 13, 32, 9, 11, 12], np.uint8)  # ends a record id
+_ENDS_AN_ID = bytes.maketrans(bytes(_SPACE[1:]), b"\n" * (len(_SPACE) - 1))
 _SEPARATORS = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")  # whitespace to str.split, not to bytes
 
 
@@ -49,11 +50,12 @@ class Scan:
 
     def ids(self) -> list[bytes]:
         """Each record's id: its header's first word."""
-        a = np.frombuffer(self.data, np.uint8)
-        space = np.flatnonzero(np.isin(a, _SPACE[1:]))  # not '\n': `heads` caps each id
+        # Every byte that ends an id, as a line end: an id ends at the first one after its
+        # start (at the latest its header's own line end).
+        a = np.frombuffer(self.data.translate(_ENDS_AN_ID), np.uint8)
+        stops = np.flatnonzero(a == 10)
         begin = self.starts[:-1] + 1
-        at = np.searchsorted(space, begin)
-        end = np.minimum(np.append(space, len(a))[at], self.heads)
+        end = stops[np.searchsorted(stops, begin)]
         return [self.data[s:e] for s, e in zip(begin.tolist(), end.tolist(), strict=True)]
 
 
