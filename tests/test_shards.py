@@ -27,17 +27,12 @@ def _rows(path: Path) -> list[str]:
     return path.read_text().splitlines()[1:]
 
 
-def _input(path: Path, n: int = 24) -> Path:
-    """ORF-rich records, then records without a frame, so the last unit has none."""
-    return with_empty_records(path, n)
-
-
 @pytest.fixture(scope="module")
 def runs(shared_run):
     """One single run and, for every N in 1..4, its N shards, over the same input (shared
     runs: test_ray and test_workflow compare with the single run, test_ray merges shard 2/2
     with its own 1/2). The tests only read them."""
-    base = shared_run("orf24+empty", *COMMON)  # _input(path, 24)
+    base = shared_run("orf24+empty", *COMMON)  # with_empty_records(path, 24)
     shards = {n: [shared_run("orf24+empty", *COMMON, "--shard", f"{i}/{n}").out
                   for i in range(1, n + 1)] for n in range(1, 5)}
     return {"input": base.input, "single": base.out, "shards": shards}
@@ -125,7 +120,8 @@ def test_merged_directory_is_a_finished_single_run(runs, tiny_models, tmp_path):
 
 def test_embeddings_merge_like_a_single_run(tiny_models, shared_run, tmp_path):
     extra = (*COMMON, "--save-embeddings")
-    base = shared_run("orf12+empty", *extra)  # _input(path, 12); test_predict reads it too
+    # with_empty_records(path, 12); test_predict reads this run too
+    base = shared_run("orf12+empty", *extra)
     inp, single = base.input, base.out
     shards = [tmp_path / "s1", tmp_path / "s2"]
     for i, out in enumerate(shards, 1):
@@ -190,7 +186,7 @@ def test_incomplete_or_mixed_shards_are_refused(runs, tiny_models, tmp_path, cap
 
 def test_changed_input_is_refused(tiny_models, tmp_path, capsys):
     """A merge checks the input each shard read, so one shard (1/1) is enough to show it."""
-    inp = _input(tmp_path / "in.fa", 6)
+    inp = with_empty_records(tmp_path / "in.fa", 6)
     shards = [tmp_path / "s1"]
     assert main(predict_args(tiny_models, [inp], shards[0], *COMMON, "--shard", "1/1")) == 0
     inp.write_text(inp.read_text().replace("seq0 ", "seqX "))
