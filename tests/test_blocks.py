@@ -30,16 +30,18 @@ def fasta_record(rng: random.Random, i: int) -> str:
         lines = [line + rng.choice([" ", "\t"]) for line in lines]
     if rng.random() < 0.1:
         lines.append("")  # a blank line
+    if lines and rng.random() < 0.05:
+        lines[0] = lines[0][:5] + "\r" + lines[0][5:]  # a lone CR: a line end to the parser
     end = "\r\n" if rng.random() < 0.05 else "\n"
     # A blank before the id is left to the parser, for the rest of the file: seldom here.
     header = rng.choice([f"r{i}", f"r{i} description with U", f"r{i}\tx"] * 30 +
-                        [f" r{i} lead"])
+                        [f" r{i} lead", f"r{i} trailing \t\x0b", f"r{i} a\rb"])
     return ">" + header + end + "".join(line + end for line in lines)
 
 
 def fastq_record(rng: random.Random, i: int) -> str:
     seq = "".join(rng.choice("ACGTNu") for _ in range(rng.randint(0, 300)))
-    return f"@q{i} d\n{seq}\n+\n{'I' * len(seq)}\n"
+    return f"@q{i} d{rng.choice(['', ' '])}\n{seq}\n+\n{'I' * len(seq)}\n"
 
 
 def by_parser(data: bytes, fasta: bool, rna: list[bool]) -> list[tuple[str, str, str, bool]]:
@@ -54,11 +56,14 @@ def by_blocks(data: bytes, fasta: bool, size: int,
     checked against them), then the parser on the rest (`rna`: which records have a U or u);
     and how many came from blocks."""
     blocks = Blocks(io.BufferedReader(io.BytesIO(data)), fasta, "x", size)
-    out = []
+    out: list[tuple[str, str, str, bool]] = []
     for block in blocks:
         records = parse_text(block.data, fasta, "x", block.first)
         assert [len(r.seq) for r in records] == block.lengths.tolist()
         assert [i.decode() for i in block.ids()] == [r.id for r in records]
+        # How the parent reads a record it cuts into parts.
+        assert [block.plain_record(k) for k in range(len(block))] == \
+            [(r.header, r.seq) for r in records]
         out += [(r.id, r.header, r.seq, k in block.rna) for k, r in enumerate(records)]
     from_blocks = len(out)
     rest = blocks.rest()
@@ -85,6 +90,23 @@ def test_blocks_read_what_the_parser_reads(fasta):
     assert taken > 1000  # most records came from scanned blocks
 
 
+@pytest.mark.parametrize("fasta", [True, False], ids=["fasta", "fastq"])
+def test_a_block_holds_little_beyond_a_long_record(fasta):
+    """A record longer than the piece read is read in many pieces, and its block ends at
+    most about a piece after it: the parent's memory follows the longest record, not how
+    far reading ran ahead of it (issue 19's memory at 30x)."""
+    rng = random.Random(3)
+    size, long = 1000, "".join(rng.choice("ACGT") for _ in range(50_000))
+    short = [f">s{i}\nACGT\n" if fasta else f"@s{i}\nACGT\n+\nIIII\n" for i in range(400)]
+    first = f">r0\n{long}\n" if fasta else f"@r0\n{long}\n+\n{'I' * len(long)}\n"
+    data = "".join([first, *short, first.replace("r0", "r400"), *short[:50]]).encode()
+    blocks = list(Blocks(io.BufferedReader(io.BytesIO(data)), fasta, "x", size))
+    assert b"".join(b.data for b in blocks) == data
+    for block in blocks:
+        longest = int(np.diff(block.starts).max())
+        assert len(block.data) <= longest + 2 * size, (len(block.data), longest)
+
+
 def test_rna_records_are_found_in_the_sequence_not_the_header():
     data = b">U1 Uu\nACGT\n>r2\nACGu\n>r3 U\nAC\nGU\n>r4\n\n"
     block = scan(data, True)
@@ -100,7 +122,9 @@ def test_rna_records_are_found_in_the_sequence_not_the_header():
     ">a\nACGT\n>b\u00e9\nACGT\n".encode(),  # not ASCII
     b"\n>a\nACGT\n",  # a blank line first
     b">a\x1cb\nACGT\n",  # a separator that str.split takes as whitespace
-], ids=["invalid", "no-id", "blank-id", "non-ascii", "leading-blank", "separator"])
+    b">a\nACGT\n>b x\ry\nACGT\n",  # a CR inside a header: the parser ends the line there
+], ids=["invalid", "no-id", "blank-id", "non-ascii", "leading-blank", "separator",
+        "cr-in-header"])
 def test_scan_leaves_what_it_does_not_take_to_the_parser(data):
     assert scan(data, True) is None
 

@@ -29,6 +29,7 @@ _BLANKS = b" \t\r\x0b\x0c"  # dropped from FASTA sequence lines (dnaio drops the
 _SPACE = np.array([10, 13, 32, 9, 11, 12], np.uint8)  # ends a record id
 _ENDS_AN_ID = bytes.maketrans(bytes(_SPACE[1:]), b"\n" * (len(_SPACE) - 1))
 _SEPARATORS = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")  # whitespace to str.split, not to bytes
+_TO_DNA = bytes.maketrans(b"Uu", b"Tt")  # RNA is read as DNA (reader.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,20 @@ class Scan:
         begin = self.starts[:-1] + 1
         end = stops[np.searchsorted(stops, begin)]
         return [self.data[s:e] for s, e in zip(begin.tolist(), end.tolist(), strict=True)]
+
+    def plain_record(self, i: int) -> tuple[str, str]:
+        """Record `i`'s header and sequence as the record parser gives them (`reader.parse_text`:
+        a FASTA header without its trailing blanks, line ends and blanks out of the sequence,
+        U as T), made with a few bytes operations instead of a string per line: what a long
+        record costs the parent."""
+        start, head, stop = int(self.starts[i]), int(self.heads[i]), int(self.starts[i + 1])
+        header = self.data[start + 1:head]
+        if self.fasta:
+            header = header.rstrip(_BLANKS)
+        else:  # a FASTQ record's sequence is its second line
+            stop = self.data.index(b"\n", head + 1)
+        seq = self.data[head + 1:stop].translate(_TO_DNA, b"\n" + _BLANKS)
+        return header.decode("ascii"), seq.decode("ascii")
 
 
 def scan(data: bytes, fasta: bool, first: int = 1, source: str = "") -> Scan | None:
@@ -98,6 +113,11 @@ def _fasta(data: bytes, a: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> t
         return None
     starts = np.append(lines[head], len(data))
     heads = ends[head]
+    if b"\r" in data:  # the parser ends a line at a CR: one inside a header is left to it
+        cr = np.flatnonzero(a == 13)
+        k = np.minimum(np.searchsorted(heads, cr), len(heads) - 1)
+        if ((cr >= starts[k]) & (cr < heads[k] - 1)).any():
+            return None
     regions = (heads + 1, starts[1:])
     return starts, heads, regions, _joined(data, regions)
 
@@ -176,37 +196,46 @@ class Blocks:
         return io.BufferedReader(_Chained(self._left, self.stream), BLOCK)  # type: ignore[arg-type]
 
     def _next_block(self) -> bytes | None:
-        """The next whole records; None at the end (or when the text is not as expected)."""
-        parts, size = [self._left], self.size
-        marker = b"\n>" if self.fasta else None
+        """The next whole records; None at the end (or when the text is not as expected).
+
+        Reads `size` bytes at a time and cuts after the last whole record of the newest
+        piece, so a block overshoots its records by less than one piece, whatever their
+        lengths (a record longer than a piece is read in many; nothing is joined twice)."""
+        parts, lines = [self._left], self._left.count(b"\n")
         while True:
-            more = self.stream.read(size)
-            if more:
-                parts.append(more)
-            buf = b"".join(parts) if len(parts) > 1 else parts[0]
-            parts = [buf]
-            if not buf:
-                self._done = True
-                return None
+            more = self.stream.read(self.size)
             if not more:  # the end of the stream: whatever is left is whole records
+                buf = b"".join(parts)
                 self._done, self._left = True, b""
+                if not buf:
+                    return None
                 self._added = not buf.endswith(b"\n")
                 return buf + b"\n" if self._added else buf
-            cut = buf.rfind(marker) + 1 if marker else _fastq_cut(buf)
-            if cut > 0:
-                self._left = buf[cut:]
-                return buf[:cut]
-            size *= 2  # one record longer than what was read: read more at once
+            before, lines = lines, lines + more.count(b"\n")
+            cut = (_fasta_cut(parts[-1][-1:], more) if self.fasta else
+                   _fastq_cut(more, lines) if lines // 4 > before // 4 else None)
+            if cut is not None:
+                parts.append(more[:cut])
+                self._left = more[cut:]
+                return b"".join(parts)
+            parts.append(more)
 
 
-def _fastq_cut(buf: bytes) -> int:
-    """Where the last whole FASTQ record of `buf` ends (0: none does): after the 4k-th line."""
-    lines = buf.count(b"\n")
-    if lines < 4:
-        return 0
-    cut = len(buf)
+def _fasta_cut(last: bytes, more: bytes) -> int | None:
+    """Where the last record that starts in `more` starts (None: none does); `last`: the
+    byte read before `more`, for a record that starts `more`."""
+    cut = more.rfind(b"\n>")
+    if cut >= 0:
+        return cut + 1
+    return 0 if last == b"\n" and more.startswith(b">") else None
+
+
+def _fastq_cut(more: bytes, lines: int) -> int:
+    """Where the last whole FASTQ record ends in `more` (the 4k-th line end of what was
+    read; `lines`: the line ends read so far, `more`'s included)."""
+    cut = len(more)
     for _ in range(lines % 4 + 1):  # back over the lines of an unfinished record
-        cut = buf.rfind(b"\n", 0, cut)
+        cut = more.rfind(b"\n", 0, cut)
     return cut + 1
 
 

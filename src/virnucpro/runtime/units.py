@@ -152,8 +152,7 @@ class _Packer:
         while i < n:
             here = (block.source, block.fasta, block.first + i)
             if chunks[i] > self.most:  # parsed here, to be cut into parts
-                at = slice(block.starts[i], block.starts[i + 1])
-                (rec,) = parse_text(block.data[at], block.fasta, block.source, block.first + i)
+                rec = _long_record(block, i)
                 yield from self._split(rec, int(chunks[i]))
                 self.follow, i = (block.source, block.fasta, block.first + i + 1), i + 1
                 continue
@@ -171,6 +170,12 @@ class _Packer:
             self.bases += int(block.lengths[i:j].sum())
             self.count += int(total[j] - total[i])
             self.follow, i = (block.source, block.fasta, block.first + j), j
+
+
+def _long_record(block: Scan, i: int) -> Record:
+    """Record `i` of `block`, read in the parent to be cut into parts."""
+    header, seq = block.plain_record(i)
+    return Record(id=header.split(maxsplit=1)[0], header=header, seq=seq, source=block.source)
 
 
 class Balancer:
