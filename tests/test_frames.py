@@ -15,6 +15,7 @@ from virnucpro.frames import (
     Frame,
     Skip,
     chunk_bounds,
+    chunk_edges,
     chunk_record,
     iter_record_frames,
     translate_six_frames,
@@ -108,6 +109,9 @@ def test_chunk_bounds_match_reference_exhaustively(size):
         seq = "".join("ACGT"[(i * 7 + i // 3) % 4] for i in range(length))
         got = [seq[a:b] for a, b in chunk_bounds(length, size)]
         assert got == ref_chunks(seq, size), (length, size)
+        starts, ends = chunk_edges(length, size)  # the same, as arrays
+        assert list(zip(starts.tolist(), ends.tolist(), strict=True)) == \
+            chunk_bounds(length, size), (length, size)
 
 
 def test_chunk_bounds_cover_and_fit():

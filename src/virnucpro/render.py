@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from virnucpro.frames import SKIP_EMPTY, SKIP_NO_FRAME, RecordFrames, chunk_bounds, n_chunks
+from virnucpro.frames import SKIP_EMPTY, SKIP_NO_FRAME, RecordFrames, chunk_edges, n_chunks
 from virnucpro.outputs import HISTOGRAM_BINS, fasta_wrapped, format_score, tsv_row
 from virnucpro.regions import RegionParams, find_regions, region_fasta, region_rows
 from virnucpro.verdicts import NO_CALL, NOT_VIRUS, VIRUS, call, record_verdicts, sequence_score
@@ -108,9 +108,8 @@ def render_tail(rid: str, header: str, seq: str, chunk_scores: Sequence[float | 
     texts = {"sequences": tsv_row((rid, len(seq), len(chunk_scores), n_scored,
                                    sum(chunk_frames), _fmt_opt(v.score), v.call, v.reason))}
     texts["viral"] = fasta_wrapped(header, seq) if v.call == VIRUS else ""
-    bounds = chunk_bounds(len(seq), chunk_size)
-    found = find_regions(rid, len(seq), [b[0] for b in bounds], [b[1] for b in bounds],
-                         list(chunk_scores), threshold, regions)
+    starts, ends = chunk_edges(len(seq), chunk_size)
+    found = find_regions(rid, len(seq), starts, ends, chunk_scores, threshold, regions)
     texts["regions"] = "".join(region_rows(found))
     texts["regions_fna"] = "".join(region_fasta(seq, r) for r in found)
     counts: dict[str, Any] = {"sequences": 1, "bases": len(seq), "predictions": {v.call: 1}}
