@@ -109,9 +109,11 @@ def test_chunk_bounds_match_reference_exhaustively(size):
         seq = "".join("ACGT"[(i * 7 + i // 3) % 4] for i in range(length))
         got = [seq[a:b] for a, b in chunk_bounds(length, size)]
         assert got == ref_chunks(seq, size), (length, size)
-        starts, ends = chunk_edges(length, size)  # the same, as arrays
-        assert list(zip(starts.tolist(), ends.tolist(), strict=True)) == \
-            chunk_bounds(length, size), (length, size)
+        whole = chunk_bounds(length, size)
+        for first, stop in ((0, 1), (1, 3), (len(whole) - 1, len(whole) + 5), (2, 2)):
+            starts, ends = chunk_edges(length, size, first, stop)  # a record's part
+            assert list(zip(starts.tolist(), ends.tolist(), strict=True)) == \
+                whole[first:stop], (length, size, first, stop)
 
 
 def test_chunk_bounds_cover_and_fit():

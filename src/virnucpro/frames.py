@@ -95,36 +95,30 @@ def n_chunks(length: int, chunk_size: int) -> int:
     return -(-length // chunk_size) if length > 0 else 0
 
 
-def chunk_bounds(length: int, chunk_size: int, first: int = 0,
-                 stop: int | None = None) -> list[tuple[int, int]]:
+def chunk_edges(length: int, chunk_size: int, first: int = 0,
+                stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Half-open [start, end) of chunks first..stop-1 (default: all) of a sequence of
-    `length` (SPEC §2)."""
+    `length` (SPEC §2), as two int64 arrays: a multi-Mbp record's thousands of chunks
+    without a tuple each."""
     if chunk_size < 1:
         raise ValueError(f"chunk size must be at least 1, got {chunk_size}")
     n = n_chunks(length, chunk_size)
-    stop = n if stop is None else min(stop, n)
+    j = np.arange(first, n if stop is None else min(stop, n), dtype=np.int64)
     if n <= 1:
-        return [(0, length)][first:stop] if n else []
+        return np.zeros(len(j), np.int64), np.full(len(j), length, np.int64)
     overlap = n * chunk_size - length
     lo = overlap // n  # the original's int(overlap / n): equal for any realistic length
     need = overlap - lo * (n - 1)  # quirk: not `overlap % n`; shifts `lo + 1` for j < need
     # Chunk j starts after j steps of chunk_size - lo, the first `need` of them one shorter.
-    starts = (j * (chunk_size - lo) - min(j, need) for j in range(first, stop))
-    return [(start, min(start + chunk_size, length)) for start in starts]
-
-
-def chunk_edges(length: int, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`chunk_bounds` of all chunks as two int64 arrays, starts and ends: a multi-Mbp
-    record's thousands of chunks without a tuple each."""
-    n = n_chunks(length, chunk_size)
-    if n <= 1:
-        return np.zeros(n, np.int64), np.full(n, length, np.int64)
-    overlap = n * chunk_size - length
-    lo = overlap // n
-    need = overlap - lo * (n - 1)
-    j = np.arange(n, dtype=np.int64)
     starts = j * (chunk_size - lo) - np.minimum(j, need)
     return starts, np.minimum(starts + chunk_size, length)
+
+
+def chunk_bounds(length: int, chunk_size: int, first: int = 0,
+                 stop: int | None = None) -> list[tuple[int, int]]:
+    """`chunk_edges` as (start, end) pairs."""
+    starts, ends = chunk_edges(length, chunk_size, first, stop)
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 def chunk_record(record: Record, chunk_size: int) -> list[Chunk]:
