@@ -47,7 +47,7 @@ from virnucpro.runtime.protocol import (
     WorkerSpec,
     empty_result,
 )
-from virnucpro.runtime.units import load_unit, save_unit
+from virnucpro.runtime.units import load_unit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -296,7 +296,9 @@ def settle_plan(start: Settings, request: Request, recorded: Plan | None,
 class _Feed:
     """What the feeder thread shares with the writer."""
 
-    pending: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    # Each unit's work and payload, until written. Not the unit: its records' text would stay
+    # in memory while it is scored, and a local worker saves what it scores itself.
+    pending: dict[int, tuple[int, Any]] = field(default_factory=dict)
     order: deque[int] = field(default_factory=deque)  # unit indexes, in the order fed
     seconds: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
@@ -318,7 +320,7 @@ def _feed(units: Iterator[tuple[Any, Any]], job: Job, pool: Pool, window: thread
             if feed.stop.is_set():
                 return
             unit, payload = item
-            feed.pending[unit.index] = (unit, payload)
+            feed.pending[unit.index] = (unit.work, payload)
             feed.order.append(unit.index)
             if isinstance(unit, WorkUnit) and unit.n_frames == 0:
                 pool.results.put(("saved", -1, empty_result(unit.index)))
@@ -422,15 +424,15 @@ def _collect(pool: Pool, job: Job, units: Iterator[tuple[Any, T]],
             while feed.order and feed.order[0] in ready:
                 index = feed.order.popleft()
                 result = ready.pop(index)
-                unit, payload = feed.pending.pop(index)
+                work, payload = feed.pending.pop(index)
                 if result.worker:  # scored in this run, not loaded from an earlier one
-                    if not result.stored:
-                        save_unit(job.home, unit, result)
+                    if not result.stored:  # `start_pool` gives every worker the units' home
+                        raise VirnucproError(f"worker protocol: unit {index} came back unsaved")
                     stats.add(result)
                 consume(payload, result)
                 window.release()
                 n_consumed += 1
-                work_done += unit.work
+                work_done += work
                 bar.update(work_done, stats.frames_scored, stats.frames_per_device)
     finally:
         feed.stop.set()  # and wake the feeder wherever it waits, so that it sees it now
