@@ -2,9 +2,11 @@
 
 A run's parent reads every input twice (the input check, then the run) and must stay light
 enough for one core to feed many GPUs, so it does not parse records one at a time: `Blocks`
-cuts the decompressed text into blocks of whole records (about 1 MiB) and `scan` finds each
-block's records, their lengths, and the ones with a U or u, with a few vectorised passes. The
-workers parse the records of the blocks they are sent (`reader.parse_text`).
+cuts the decompressed text into blocks of whole records (about 256 KiB; a longer record and
+less than one read after it) and `scan` finds each block's records, their lengths, and the
+ones with a U or u, with a few vectorised passes. The workers parse the records of the blocks
+they are sent (`reader.parse_text`); a record the parent cuts into parts is made from its
+block's bytes (`Scan.plain_record`).
 
 `scan` only takes plain blocks: ASCII text whose records have an id right after the '>' or '@'
 and only IUPAC codes (and, in FASTA, blanks) in their sequence lines; FASTQ records of four
