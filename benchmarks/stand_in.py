@@ -84,7 +84,7 @@ class StandIn:
         out instead (one row of millions of frames' worth)."""
         t0 = time.perf_counter()
         out = Rendered()
-        predictions, chunks, sequences = [], [], []
+        predictions, chunks, sequences, highest = [], [], [], []
         n_frames = 0
         assert self.spec.render is not None
         pieces = text_pieces(unit, self.spec.render.chunk_size)  # parsed, as a worker does
@@ -95,13 +95,14 @@ class StandIn:
                 predictions.extend(f"{cid}F{i + 1}\tothers\t0.73105854\t0.26894143\n"
                                    for i in range(k))
                 chunks.append(f"{cid}\t{p.id}\t0\t{p.length}\t{k}\t0.26894143\tnot_virus\n")
-                out.highest.append(f"{cid}\tFalse\n")
+                highest.append(f"{cid}\tFalse\n")
                 n_frames += k
             if p.whole:  # a split record's row is the parent's to write (render.Tails)
                 sequences.append(f"{p.id}\t{p.length}\t1\t1\t{n_frames}\t0.26894143\t"
                                  "not_virus\t\n")
         out.texts.update(predictions="".join(predictions), chunks="".join(chunks),
                          sequences="".join(sequences))
+        out.highest = "".join(highest)
         out.counts.update(sequences=len(pieces), frames=n_frames)
         seconds = {"dnabert": n_frames * self.dna / self.dna_rate,
                    "esm": n_frames * self.esm / self.esm_rate}

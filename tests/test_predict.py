@@ -282,7 +282,7 @@ def test_highest_score_sort_spills_and_merges_identically(tiny_models, shared_ru
 
     base = shared_run("orf30")
     inp, whole = base.input, base.out
-    monkeypatch.setattr(virnucpro.writer, "_SORT_RUN_ROWS", 3)
+    monkeypatch.setattr(virnucpro.writer, "_SORT_RUN_CHARS", 60)  # a run every ~3 rows
     monkeypatch.setattr(virnucpro.writer, "_MERGE_FAN_IN", 2)
     assert main(predict_args(tiny_models, [inp], tmp_path / "spilled")) == 0
     assert predict_results(tmp_path / "spilled") == predict_results(whole)

@@ -55,11 +55,12 @@ class Part:
 
 @dataclass
 class Rendered:
-    """A unit's share of every output: text per file, the original's per-chunk rows (sorted
-    at the end), the sequence-score histogram, counts, and the parts of split records."""
+    """A unit's share of every output: text per file, the original's per-chunk rows (one
+    string, whole lines: sorted at the end), the sequence-score histogram, counts, and the
+    parts of split records."""
 
     texts: dict[str, str] = field(default_factory=lambda: dict.fromkeys(TEXT_ROLES, ""))
-    highest: list[str] = field(default_factory=list)
+    highest: str = ""
     histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)
     counts: dict[str, Any] = field(default_factory=_new_counts)
     parts: list[Part] = field(default_factory=list)
@@ -73,6 +74,8 @@ class Rendered:
     def from_json(cls, text: str) -> Rendered:
         data = json.loads(text)
         data["parts"] = [Part(**p) for p in data["parts"]]
+        if isinstance(data["highest"], list):  # saved by an earlier build: a row per item
+            data["highest"] = "".join(data["highest"])
         return cls(**data)
 
 
@@ -138,7 +141,7 @@ def render_unit(records: Sequence[RecordFrames], pieces: Sequence[Any], scores: 
     """Every output row of a unit's pieces (`protocol.Piece`), given their chunks and frames
     (`records`, parallel) and the frames' [n, 2] scores."""
     out = Rendered()
-    lines: dict[str, list[str]] = {"predictions": [], "chunks": []}
+    lines: dict[str, list[str]] = {"predictions": [], "chunks": [], "highest": []}
     pos = 0
     for rf, piece in zip(records, pieces, strict=True):
         per_chunk = [len(f) for f in rf.frames]
@@ -151,7 +154,7 @@ def render_unit(records: Sequence[RecordFrames], pieces: Sequence[Any], scores: 
                                             cv.verdict.call)))
             if frames:
                 # The original's chunk id is the frame id minus its last two characters.
-                out.highest.append(tsv_row((frames[0].id[:-2], cv.is_virus_original)))
+                lines["highest"].append(tsv_row((frames[0].id[:-2], cv.is_virus_original)))
                 lines["predictions"].extend(frame_lines(frames, scores[at:at + len(frames)]))
                 at += len(frames)
         pos += n
@@ -166,6 +169,7 @@ def render_unit(records: Sequence[RecordFrames], pieces: Sequence[Any], scores: 
     assert pos == len(scores), "scores do not match the frames of these pieces"
     out.texts["predictions"] = "".join(lines["predictions"])
     out.texts["chunks"] = "".join(lines["chunks"])
+    out.highest = "".join(lines["highest"])
     if keep_frame_ids:
         out.frame_ids = [f.id for rf in records for fs in rf.frames for f in fs]
     return out

@@ -32,7 +32,7 @@ from virnucpro.regions import REGION_COLUMNS
 from virnucpro.render import TEXT_ROLES, Rendered, Tails, add_counts, add_tail
 from virnucpro.runtime.protocol import Render
 
-_SORT_RUN_ROWS = 50_000  # highest-score rows kept in memory before a sorted run is spilled
+_SORT_RUN_CHARS = 1 << 18  # highest-score text kept in memory before a sorted run is spilled
 _MERGE_FAN_IN = 128  # sorted runs merged at once
 _HEADERS = {"predictions": PREDICTION_COLUMNS, "sequences": SEQUENCE_COLUMNS,
             "chunks": CHUNK_COLUMNS, "regions": REGION_COLUMNS}
@@ -59,7 +59,7 @@ class PredictWriter:
         self._tails = Tails(render.threshold, render.regions, render.chunk_size, partial_ok)
         self._total = Rendered()  # histogram and counts of every unit so far
         # Chunk rows of the original's file, sorted by id at the end.
-        self._highest = ExternalSort(self.tmp_dir, "highest", _SORT_RUN_ROWS, _MERGE_FAN_IN)
+        self._highest = ExternalSort(self.tmp_dir, "highest", _SORT_RUN_CHARS, _MERGE_FAN_IN)
         self._n_units = 0
 
     @property
