@@ -280,12 +280,15 @@ def test_highest_score_sort_spills_and_merges_identically(tiny_models, shared_ru
     """Chunk rows are sorted on disk in runs, merged a few files at a time: same bytes."""
     import virnucpro.writer
 
-    base = shared_run("orf30")
+    # Units of 4 frames (the run test_two_workers_give_byte_identical_outputs compares): the
+    # writer adds a unit's rows at once, so a sort run holds one or a few units' rows.
+    base = shared_run("orf60", *SMALL_UNITS)
     inp, whole = base.input, base.out
     monkeypatch.setattr(virnucpro.writer, "_SORT_RUN_CHARS", 60)  # a run every ~3 rows
     monkeypatch.setattr(virnucpro.writer, "_MERGE_FAN_IN", 2)
-    assert main(predict_args(tiny_models, [inp], tmp_path / "spilled")) == 0
+    assert main(predict_args(tiny_models, [inp], tmp_path / "spilled", *SMALL_UNITS)) == 0
     assert predict_results(tmp_path / "spilled") == predict_results(whole)
     rows = _table(tmp_path / "spilled" / "prediction_results_highestscore.csv")[1:]
+    # At most 4 rows a unit and ~3 a run: more than 4 runs, so two merge levels at fan-in 2.
     assert len(rows) > 3 * 2 * 2, "enough rows for several spills and two merge levels"
     assert not list((tmp_path / "spilled").rglob("highest_*.tsv"))
