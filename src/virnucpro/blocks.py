@@ -203,7 +203,8 @@ class Blocks:
         Reads `size` bytes at a time and cuts after the last whole record of the newest
         piece, so a block overshoots its records by less than one piece, whatever their
         lengths (a record longer than a piece is read in many; nothing is joined twice)."""
-        parts, lines = [self._left], self._left.count(b"\n")
+        parts = [self._left]
+        lines = 0 if self.fasta else self._left.count(b"\n")  # FASTQ cuts after a 4k-th line
         while True:
             more = self.stream.read(self.size)
             if not more:  # the end of the stream: whatever is left is whole records
@@ -213,9 +214,11 @@ class Blocks:
                     return None
                 self._added = not buf.endswith(b"\n")
                 return buf + b"\n" if self._added else buf
-            before, lines = lines, lines + more.count(b"\n")
-            cut = (_fasta_cut(parts[-1][-1:], more) if self.fasta else
-                   _fastq_cut(more, lines) if lines // 4 > before // 4 else None)
+            if self.fasta:
+                cut = _fasta_cut(parts[-1][-1:], more)
+            else:
+                before, lines = lines, lines + more.count(b"\n")
+                cut = _fastq_cut(more, lines) if lines // 4 > before // 4 else None
             if cut is not None:
                 parts.append(more[:cut])
                 self._left = more[cut:]
